@@ -1,0 +1,1 @@
+"""The analyses: pure functions of captured FP and quantized activations."""

@@ -1,0 +1,1 @@
+"""Inputs the analyses run on: prompt sets, induction sequences, calibration sources."""

@@ -1,0 +1,22 @@
+"""Repeated random tokens for finding induction heads (Olsson et al. 2022; the study's setup).
+
+Each sequence is [BOS, A, A] with A = `half` tokens drawn uniformly from [low, high). The study
+drew 50 sequences of 25 tokens from [100, d_vocab - 100) with seed 42; the byte-level zoo models
+only know bytes 1..255, so the range is a property of the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def repeated_random_tokens(*, n_sequences: int = 50, half: int = 25, low: int, high: int,
+                           bos: int, seed: int = 42) -> Tensor:
+    """Integer tokens of shape (n_sequences, 1 + 2 * half): BOS, then A, then A again."""
+    if not 0 <= low < high:
+        raise ValueError(f"token range [{low}, {high}) is empty")
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.randint(low, high, (n_sequences, half), generator=generator)
+    bos_column = torch.full((n_sequences, 1), bos, dtype=torch.long)
+    return torch.cat([bos_column, first, first], dim=1)

@@ -1,0 +1,1 @@
+"""Model loading: the registry (names -> HF modules) and the TransformerBridge wrapper."""

@@ -1,0 +1,1 @@
+"""qcheck's pytest plugin: options, markers, fixtures, collection narrowing. Kept thin."""
