@@ -16,7 +16,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 
 from qcheck.analyses.heads import induction_scores, previous_token_scores
 from qcheck.data.induction import repeated_random_tokens
+from qcheck.models.zoo.card import render_markdown
 from qcheck.models.zoo.corpus import BOS, VOCAB_SIZE, Corpus, load_corpus
 
 ZOO_DIR = Path(__file__).parent
@@ -212,7 +213,18 @@ def write_model(model: torch.nn.Module, recipe: Recipe, corpus: Corpus, log: dic
         "history": log["history"],
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / "README.md").write_text(render_markdown(card))
     return card
+
+
+def _with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    values = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in Recipe.__dataclass_fields__:
+            raise SystemExit(f"--override {item!r}: no recipe field {key!r}")
+        values[key] = type(getattr(recipe, key))(value)
+    return replace(recipe, **values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,11 +233,13 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"zoo models to train: {', '.join(sorted(RECIPES))}")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
     parser.add_argument("--out", type=Path, default=ZOO_DIR, help="parent folder of the model folders")
+    parser.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a recipe field for an experiment, e.g. lr=3e-3 (use with --out)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     corpus = load_corpus()
     for name in args.names:
-        recipe = RECIPES[name]
+        recipe = _with_overrides(RECIPES[name], args.override)
         print(f"training {name}: {recipe}", flush=True)
         model, log = train(recipe, corpus)
         card = write_model(model, recipe, corpus, log, args.out / name)

@@ -1,0 +1,144 @@
+"""Analysis 2, attention patterns: per-head Jensen-Shannon divergence between FP and quantized
+attention, and whether FP's previous-token heads survive (the study's `attention_patterns.py`).
+
+Which positions count: every real query position except 0. Query 0 can only attend to itself
+(causal mask), so its row is one-hot in both models and its JSD is 0 by construction; keeping it
+would pull every head's mean towards 0 by 1/length. Padded queries are excluded; keys need no
+mask, because with right padding a real query's causal row covers real keys only.
+Previous-token scores are heads.previous_token_scores restricted to real queries (the natural
+prompt set is padded; the unmasked version would average the attention of padding tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from qcheck import metrics
+from qcheck.analyses._common import (check_same_inputs, fails_max, fails_min, fmt, head_key,
+                                     layer_names, listing, worst_first)
+from qcheck.capture import Capture
+from qcheck.config import Thresholds
+
+# The study's rule for "is a previous-token head", before and after quantization.
+PREV_TOKEN_THRESHOLD = 0.4
+
+PerHead = tuple[tuple[float, ...], ...]  # [layer][head]
+
+
+def head_jsd(fp_pattern: Float[Tensor, "batch head_index query_pos key_pos"],
+             quant_pattern: Float[Tensor, "batch head_index query_pos key_pos"],
+             mask: Bool[Tensor, "batch pos"]) -> Float[Tensor, "head_index"]:
+    """Mean JSD in bits, per head, over real query positions >= 1."""
+    queries = mask.clone()
+    queries[:, 0] = False
+    per_query = metrics.jsd(fp_pattern, quant_pattern)  # (batch, head_index, query_pos)
+    return per_query.permute(0, 2, 1)[queries].mean(dim=0)
+
+
+def masked_previous_token_scores(pattern: Float[Tensor, "batch head_index query_pos key_pos"],
+                                 mask: Bool[Tensor, "batch pos"]) -> Float[Tensor, "head_index"]:
+    """Mean attention from each real position p >= 1 to p - 1, per head, in [0, 1].
+
+    Equals heads.previous_token_scores when nothing is padded.
+    """
+    query = torch.arange(1, pattern.shape[-1])
+    to_previous = pattern[:, :, query, query - 1].double()  # (batch, head_index, query_pos - 1)
+    weight = mask[:, 1:].unsqueeze(1).double()                # (batch, 1, query_pos - 1)
+    return (to_previous * weight).sum(dim=(0, 2)) / weight.sum()
+
+
+@dataclass(frozen=True)
+class AttentionResult:
+    """Per-head values, indexed [layer][head].
+
+    jsd: mean JSD between FP and quantized patterns, bits, in [0, 1] (0 = same attention).
+    prev_token_fp / prev_token_quant: previous-token scores, mean attention to p - 1, in [0, 1].
+    """
+
+    jsd: PerHead
+    prev_token_fp: PerHead
+    prev_token_quant: PerHead
+    n_queries: int
+
+    def _heads(self) -> list[tuple[int, int]]:
+        return [(l, h) for l, row in enumerate(self.jsd) for h in range(len(row))]
+
+    @property
+    def max_jsd(self) -> float:
+        return max(v for row in self.jsd for v in row)
+
+    @property
+    def mean_jsd(self) -> float:
+        flat = [v for row in self.jsd for v in row]
+        return sum(flat) / len(flat)
+
+    @property
+    def prev_token_heads(self) -> list[tuple[int, int]]:
+        """FP heads with a previous-token score above 0.4, as (layer, head)."""
+        return [(l, h) for l, h in self._heads() if self.prev_token_fp[l][h] > PREV_TOKEN_THRESHOLD]
+
+    @property
+    def prev_token_survivors(self) -> list[tuple[int, int]]:
+        return [(l, h) for l, h in self.prev_token_heads
+                if self.prev_token_quant[l][h] > PREV_TOKEN_THRESHOLD]
+
+    @property
+    def prev_token_survival(self) -> float | None:
+        """Fraction of FP previous-token heads still above 0.4; None if FP has none."""
+        found = self.prev_token_heads
+        return len(self.prev_token_survivors) / len(found) if found else None
+
+    def failures(self, thresholds: Thresholds) -> list[str]:
+        out = []
+        divergent = [(l, h) for l, h in self._heads() if fails_max(self.jsd[l][h], thresholds.max_head_jsd)]
+        if divergent:
+            ranked = worst_first(divergent, lambda lh: self.jsd[lh[0]][lh[1]], high_is_bad=True)
+            out.append(f"attention JSD above {fmt(thresholds.max_head_jsd)} bits at "
+                       + listing(f"{head_key(l, h)} ({fmt(self.jsd[l][h])})" for l, h in ranked))
+        if fails_min(self.prev_token_survival, thresholds.min_prev_token_survival):
+            lost = [lh for lh in self.prev_token_heads if lh not in self.prev_token_survivors]
+            ranked = worst_first(lost, lambda lh: self.prev_token_quant[lh[0]][lh[1]], high_is_bad=False)
+            out.append(f"lost previous-token heads "
+                       + listing(f"{head_key(l, h)} {fmt(self.prev_token_fp[l][h])}→"
+                                 f"{fmt(self.prev_token_quant[l][h])}" for l, h in ranked)
+                       + f" ({len(self.prev_token_survivors)}/{len(self.prev_token_heads)} above "
+                       f"{PREV_TOKEN_THRESHOLD} after; need {fmt(thresholds.min_prev_token_survival)})")
+        return out
+
+    def notes(self) -> list[str]:
+        if self.prev_token_heads:
+            return []
+        l, h = max(self._heads(), key=lambda lh: self.prev_token_fp[lh[0]][lh[1]])
+        return [f"FP model has no previous-token heads (score > {PREV_TOKEN_THRESHOLD}; best "
+                f"{head_key(l, h)} {fmt(self.prev_token_fp[l][h])}): survival not checked"]
+
+    def as_baseline(self) -> dict:
+        heads = {head_key(l, h): {"jsd": self.jsd[l][h], "prev_token_fp": self.prev_token_fp[l][h],
+                                  "prev_token_quant": self.prev_token_quant[l][h]}
+                 for l, h in self._heads()}
+        return {"n_queries": self.n_queries, "heads": heads,
+                "summary": {"max_jsd": self.max_jsd, "mean_jsd": self.mean_jsd,
+                            "n_prev_token_heads": len(self.prev_token_heads),
+                            "n_prev_token_survived": len(self.prev_token_survivors),
+                            "prev_token_survival": self.prev_token_survival}}
+
+
+def compare_attention(fp: Capture, quant: Capture) -> AttentionResult:
+    """Compare `blocks.{l}.attn.hook_pattern` of FP and quantized captures, head by head."""
+    check_same_inputs(fp, quant)
+    names = layer_names(fp, "attn.hook_pattern")
+    if not names or names != layer_names(quant, "attn.hook_pattern"):
+        raise ValueError("FP and quantized captures need blocks.{l}.attn.hook_pattern for the same layers")
+    jsd, prev_fp, prev_quant = [], [], []
+    for name in names:
+        a, b = fp.acts[name], quant.acts[name]
+        jsd.append(tuple(head_jsd(a, b, fp.mask).tolist()))
+        prev_fp.append(tuple(masked_previous_token_scores(a, fp.mask).tolist()))
+        prev_quant.append(tuple(masked_previous_token_scores(b, fp.mask).tolist()))
+    n_queries = int(fp.mask[:, 1:].sum())
+    return AttentionResult(jsd=tuple(jsd), prev_token_fp=tuple(prev_fp),
+                           prev_token_quant=tuple(prev_quant), n_queries=n_queries)

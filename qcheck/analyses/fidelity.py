@@ -1,0 +1,106 @@
+"""Output fidelity: what aggregate metrics see (final-layer KL, top-1 agreement, loss and
+perplexity), reported next to the mechanistic analyses so a broken circuit with an intact
+perplexity is visible as such (the study's point: perplexity alone is insufficient).
+
+Distributions are compared at every real position (each predicts a next token, the last one
+included). The loss needs a target, so it covers real positions whose next position is real
+too: with right padding, the last real token of each row predicts nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from qcheck import metrics
+from qcheck.analyses._common import check_same_inputs, fails_max, fails_min, fmt
+from qcheck.capture import Capture
+from qcheck.config import Thresholds
+
+
+def next_token_losses(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
+                      mask: Bool[Tensor, "batch pos"]) -> Float[Tensor, "n_targets"]:
+    """Cross-entropy in nats of each real next token: logits at p predict tokens at p + 1."""
+    targets = mask[:, 1:] & mask[:, :-1]  # (batch, pos - 1)
+    # Select before the softmax, in float32: a GPT-2 vocabulary in float64 over a padded batch
+    # would take gigabytes; float32 log_softmax is accurate to ~1e-6 nats here.
+    ce = F.cross_entropy(logits[:, :-1][targets].float(), tokens[:, 1:][targets], reduction="none")
+    return ce.double()
+
+
+@dataclass(frozen=True)
+class FidelityResult:
+    """kl: mean KL(FP ‖ quant) of the next-token distribution over real positions, nats;
+    top1: fraction of real positions where the argmax agrees; loss_fp / loss_quant: mean
+    next-token cross-entropy, nats/token (perplexity = exp(loss)); loss_increase_ci: a seeded
+    bootstrap interval of the per-token loss difference (quant − FP) over target tokens."""
+
+    kl: float
+    top1: float
+    loss_fp: float
+    loss_quant: float
+    loss_increase_ci: metrics.Interval
+    n_positions: int
+    n_targets: int
+
+    @property
+    def loss_increase(self) -> float:
+        return self.loss_quant - self.loss_fp
+
+    @property
+    def perplexity_fp(self) -> float:
+        return math.exp(self.loss_fp)
+
+    @property
+    def perplexity_quant(self) -> float:
+        return math.exp(self.loss_quant)
+
+    def failures(self, thresholds: Thresholds) -> list[str]:
+        out = []
+        if fails_max(self.kl, thresholds.max_final_kl):
+            out.append(f"final next-token KL(FP‖quant) {fmt(self.kl)} nats > "
+                       f"{fmt(thresholds.max_final_kl)}")
+        if fails_min(self.top1, thresholds.min_top1_agreement):
+            out.append(f"top-1 agreement {fmt(self.top1)} < {fmt(thresholds.min_top1_agreement)}")
+        if fails_max(self.loss_increase, thresholds.max_loss_increase):
+            ci = self.loss_increase_ci
+            out.append(f"next-token loss rose {fmt(self.loss_fp)}→{fmt(self.loss_quant)} nats/token "
+                       f"(+{fmt(self.loss_increase)} > {fmt(thresholds.max_loss_increase)}; "
+                       f"{ci.confidence:.0%} CI {fmt(ci.low)}..{fmt(ci.high)}; perplexity "
+                       f"{fmt(self.perplexity_fp)}→{fmt(self.perplexity_quant)})")
+        return out
+
+    def notes(self) -> list[str]:
+        return []
+
+    def as_baseline(self) -> dict:
+        ci = self.loss_increase_ci
+        return {"n_positions": self.n_positions, "n_targets": self.n_targets,
+                "summary": {"kl": self.kl, "top1": self.top1, "loss_fp": self.loss_fp,
+                            "loss_quant": self.loss_quant, "loss_increase": self.loss_increase,
+                            "loss_increase_ci": {"low": ci.low, "high": ci.high, "confidence": ci.confidence},
+                            "perplexity_fp": self.perplexity_fp, "perplexity_quant": self.perplexity_quant}}
+
+
+@torch.no_grad()
+def compare_outputs(fp: Capture, quant: Capture, *, seed: int = 0) -> FidelityResult:
+    """Compare the final logits of FP and quantized captures over real positions.
+
+    `seed` seeds the bootstrap interval of the loss increase (1000 resamples, 95%).
+    """
+    check_same_inputs(fp, quant)
+    a, b = fp.logits[fp.mask], quant.logits[fp.mask]  # (n_real, d_vocab)
+    loss_fp = next_token_losses(fp.logits, fp.tokens, fp.mask)
+    loss_quant = next_token_losses(quant.logits, fp.tokens, fp.mask)
+    if len(loss_fp) == 0:
+        raise ValueError("no prompt has two real tokens: nothing to predict")
+    return FidelityResult(kl=float(metrics.kl_from_logits(a, b).mean()),
+                          top1=float(metrics.topk_agreement(a, b, 1).mean()),
+                          loss_fp=float(loss_fp.mean()), loss_quant=float(loss_quant.mean()),
+                          loss_increase_ci=metrics.bootstrap_ci(loss_quant - loss_fp, seed=seed),
+                          n_positions=len(a), n_targets=len(loss_fp))

@@ -1,0 +1,80 @@
+"""The certification matrix: which (model, quantizer) cases exist, and which are expected to fail.
+
+The default matrix is every zoo model x DEFAULT_QUANTS. Command-line models and quantizers are
+*added* to it (never substituted), then everything not asked for is deselected: syrupy would
+otherwise treat the other baselines as unused and delete them on --snapshot-update.
+
+Expected failures are declared in one reviewed file, tests/certify/expected_failures.toml, and run
+as strict xfails: a certifier that stops failing is itself a failure.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+# 8-bit RTN is the control that must pass, 2-bit RTN the control that must fail; 4 and 3 bits
+# under both methods are where the study's question lives.
+DEFAULT_QUANTS = ("rtn-w8", "rtn-w4", "gptq-w4", "rtn-w3", "gptq-w3", "rtn-w2", "gptq-w2")
+
+
+@dataclass(frozen=True, order=True)
+class Case:
+    model: str
+    quant: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.quant}"
+
+
+def build_cases(zoo: list[str], models: list[str], quants: list[str]) -> list[Case]:
+    """Default matrix plus every combination the command line names, in a stable order."""
+    default = {Case(m, q) for m in zoo for q in DEFAULT_QUANTS}
+    all_models = list(dict.fromkeys([*zoo, *models]))
+    all_quants = list(dict.fromkeys([*DEFAULT_QUANTS, *quants]))
+    named = {Case(m, q) for m in (models or all_models) for q in (quants or all_quants)
+             if m in models or q in quants}
+    return sorted(default | named, key=lambda c: (all_models.index(c.model), all_quants.index(c.quant)))
+
+
+def is_selected(case: Case, models: list[str], quants: list[str]) -> bool:
+    """With no --qcheck-quant, only the default quantizers run (plus a named checkpoint)."""
+    model_ok = not models or case.model in models
+    quant_ok = case.quant in quants if quants else case.quant in DEFAULT_QUANTS
+    return model_ok and quant_ok
+
+
+@dataclass(frozen=True)
+class ExpectedFailure:
+    model: str      # fnmatch pattern
+    quant: str      # fnmatch pattern
+    analysis: str   # test marker name, or "*"
+    reason: str
+
+    def matches(self, case: Case, analysis: str) -> bool:
+        return (fnmatch.fnmatchcase(case.model, self.model) and fnmatch.fnmatchcase(case.quant, self.quant)
+                and fnmatch.fnmatchcase(analysis, self.analysis))
+
+
+def load_expected_failures(path: Path) -> list[ExpectedFailure]:
+    """[[xfail]] tables with model, quant, analysis, reason (all required)."""
+    if not path.is_file():
+        return []
+    try:
+        entries = tomllib.loads(path.read_text()).get("xfail", [])
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML ({error})") from None
+    declared = []
+    for index, entry in enumerate(entries):
+        missing = {"model", "quant", "analysis", "reason"} - set(entry)
+        if missing:
+            raise ValueError(f"{path}: [[xfail]] entry {index} lacks {', '.join(sorted(missing))}")
+        declared.append(ExpectedFailure(**{k: str(entry[k]) for k in ("model", "quant", "analysis", "reason")}))
+    return declared
+
+
+def expected_failure(declared: list[ExpectedFailure], case: Case, analysis: str) -> ExpectedFailure | None:
+    return next((entry for entry in declared if entry.matches(case, analysis)), None)

@@ -1,0 +1,151 @@
+"""Similarity and divergence metrics between FP and quantized tensors, plus bootstrap intervals.
+
+Every function compares row by row over the last dimension and keeps the leading dimensions, so
+callers select real (unpadded) positions first and reduce afterwards. Units are in each docstring.
+The study's `utils/metrics.py` clamped probabilities at 1e-10 before taking logs; here logs come
+from `log_softmax` (exact, no clamp) and zeros are handled explicitly (0·log 0 = 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+# Below this norm a vector counts as zero: cosine with it is 0 (torch's convention), not NaN.
+_EPS = 1e-12
+# Elements per float64 chunk in kl_from_logits (~32 MiB per temporary).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def cosine(a: Float[Tensor, "*rows d"], b: Float[Tensor, "*rows d"]) -> Float[Tensor, "*rows"]:
+    """Cosine similarity per row, dimensionless, in [-1, 1]; 0 if either row is all zeros."""
+    a, b = a.double(), b.double()
+    norms = a.norm(dim=-1) * b.norm(dim=-1)
+    return ((a * b).sum(dim=-1) / norms.clamp_min(_EPS)).clamp(-1.0, 1.0)
+
+
+def l2(a: Float[Tensor, "*rows d"], b: Float[Tensor, "*rows d"]) -> Float[Tensor, "*rows"]:
+    """Euclidean distance ‖a − b‖ per row, in the units of the activations."""
+    return (a.double() - b.double()).norm(dim=-1)
+
+
+def relative_l2(a: Float[Tensor, "*rows d"], b: Float[Tensor, "*rows d"]) -> Float[Tensor, "*rows"]:
+    """‖a − b‖ / ‖a‖ per row, with `a` the reference (FP): scale-free, 0 = identical."""
+    return l2(a, b) / a.double().norm(dim=-1).clamp_min(_EPS)
+
+
+def pearson(a: Float[Tensor, "*rows d"], b: Float[Tensor, "*rows d"]) -> Float[Tensor, "*rows"]:
+    """Pearson correlation per row over the last dimension, in [-1, 1].
+
+    NaN where a row is constant (zero variance): the correlation is undefined there, and callers
+    must decide (e.g. dead SAE features are skipped) rather than read a made-up 0 or 1.
+    """
+    a, b = a.double(), b.double()
+    a = a - a.mean(dim=-1, keepdim=True)
+    b = b - b.mean(dim=-1, keepdim=True)
+    norms = a.norm(dim=-1) * b.norm(dim=-1)
+    r = (a * b).sum(dim=-1) / norms
+    return torch.where(norms > 0, r.clamp(-1.0, 1.0), torch.full_like(r, math.nan))
+
+
+def kl_from_logits(p_logits: Float[Tensor, "*rows d_vocab"],
+                   q_logits: Float[Tensor, "*rows d_vocab"]) -> Float[Tensor, "*rows"]:
+    """KL(p ‖ q) in nats per row, p = softmax(p_logits) (the FP reference), q = softmax(q_logits).
+
+    Computed from log_softmax in float64, so tiny probabilities keep their exact logs (the study
+    clamped at 1e-10 instead). Terms with p = 0 contribute 0; the result is clamped at 0 to drop
+    rounding noise (KL ≥ 0). Rows are processed in chunks: a GPT-2 vocabulary over a few thousand
+    positions would otherwise need gigabytes of float64 temporaries.
+    """
+    shape = p_logits.shape[:-1]
+    p_rows = p_logits.reshape(-1, p_logits.shape[-1])
+    q_rows = q_logits.reshape(-1, q_logits.shape[-1])
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, p_rows.shape[-1]))
+    parts = []
+    for start in range(0, p_rows.shape[0], chunk):
+        log_p = F.log_softmax(p_rows[start:start + chunk].double(), dim=-1)
+        log_q = F.log_softmax(q_rows[start:start + chunk].double(), dim=-1)
+        p = log_p.exp()
+        terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+        parts.append(terms.sum(dim=-1).clamp_min(0.0))
+    return torch.cat(parts).reshape(shape) if parts else torch.zeros(shape, dtype=torch.float64)
+
+
+def jsd(p: Float[Tensor, "*rows n"], q: Float[Tensor, "*rows n"]) -> Float[Tensor, "*rows"]:
+    """Jensen-Shannon divergence in bits per row between distributions p and q, in [0, 1].
+
+    p and q are probabilities (e.g. attention patterns, rows summing to 1). JSD = ½KL(p‖m) +
+    ½KL(q‖m), m = (p + q)/2, with log base 2, so two disjoint distributions give exactly 1 bit.
+    Where p > 0, m ≥ p/2 > 0, so every log is finite; entries with p = 0 contribute 0.
+    """
+    p, q = p.double().clamp_min(0.0), q.double().clamp_min(0.0)
+    m = (p + q) / 2
+
+    # The clamp only matters for float64 subnormals, where (x + q) / 2 can round to 0.
+    m_safe = m.clamp_min(torch.finfo(torch.float64).tiny)
+
+    def kl_to_m(x: Tensor) -> Tensor:
+        return torch.where(x > 0, x * torch.log2(x / m_safe), torch.zeros_like(x)).sum(dim=-1)
+
+    return ((kl_to_m(p) + kl_to_m(q)) / 2).clamp(0.0, 1.0)
+
+
+def topk_agreement(p_logits: Float[Tensor, "*rows d_vocab"], q_logits: Float[Tensor, "*rows d_vocab"],
+                   k: int) -> Float[Tensor, "*rows"]:
+    """Fraction of the reference's (p's) top-k tokens that are also in q's top-k, in [0, 1].
+
+    With k = 1 this is top-1 agreement (argmax equal). The study's logit-lens "top-5 agreement".
+    """
+    top_p = p_logits.topk(k, dim=-1).indices  # (*rows, k)
+    top_q = q_logits.topk(k, dim=-1).indices
+    shared = (top_p.unsqueeze(-1) == top_q.unsqueeze(-2)).any(dim=-1)  # (*rows, k)
+    return shared.double().mean(dim=-1)
+
+
+def masked_mean(values: Float[Tensor, "batch pos"], mask: Bool[Tensor, "batch pos"]) -> float:
+    """Mean of `values` over the positions where `mask` is True (real tokens)."""
+    if not mask.any():
+        raise ValueError("mask selects no positions")
+    return float(values[mask].double().mean())
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A bootstrap confidence interval: the statistic on the data and its percentile bounds."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+
+
+def bootstrap_ci(values: Tensor | np.ndarray, *, seed: int, n_resamples: int = 1000,
+                 confidence: float = 0.95,
+                 statistic: Callable[[np.ndarray], np.ndarray] = lambda x: x.mean(axis=-1)) -> Interval:
+    """Percentile bootstrap interval of `statistic` over 1-D `values` (units of the statistic).
+
+    Resamples with replacement `n_resamples` times from numpy's PCG64 seeded with `seed`, so
+    the interval is reproducible. `statistic` maps (r, n) resamples to (r,) values; it is called
+    on blocks of resamples so that memory stays ~100 × n floats.
+    """
+    data = np.asarray(values.detach().cpu().double() if isinstance(values, Tensor) else values,
+                      dtype=np.float64).ravel()
+    if data.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence}: expected a value in (0, 1)")
+    rng = np.random.default_rng(seed)
+    stats = np.concatenate([
+        statistic(data[rng.integers(0, data.size, size=(min(100, n_resamples - start), data.size))])
+        for start in range(0, n_resamples, 100)])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return Interval(estimate=float(statistic(data[None, :])[0]), low=float(low), high=float(high),
+                    confidence=confidence)

@@ -1,0 +1,35 @@
+"""HF module <-> TransformerBridge.
+
+Wrapping rewrites the HF module tree in place (NOTES-ecosystem.md), so `wrap` always wraps a deep
+copy: the caller's module stays a plain HF model that quantizers can copy and edit. FP and
+quantized models are wrapped the same way (no compatibility mode, no LayerNorm folding), so their
+residual streams are comparable.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+
+
+def wrap(hf_model: torch.nn.Module):
+    """A read-only TransformerBridge around a deep copy of `hf_model` (eval mode)."""
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+    module = copy.deepcopy(hf_model).eval()
+    bridge = build_bridge_from_module(module, type(module).__name__, hf_config=module.config)
+    bridge.eval()
+    for parameter in bridge.parameters():
+        parameter.requires_grad_(False)
+    return bridge
+
+
+@torch.no_grad()
+def bridge_logit_error(hf_model: torch.nn.Module, bridge, tokens: Tensor) -> float:
+    """Max |bridge logits - HF logits| on `tokens` (batch, pos): the per-architecture self-check."""
+    device = next(hf_model.parameters()).device
+    reference = hf_model(tokens.to(device)).logits.float()
+    wrapped = bridge(tokens.to(device)).float()
+    return (wrapped - reference).abs().max().item()

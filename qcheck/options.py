@@ -1,0 +1,75 @@
+"""Command-line values -> validated objects. No pytest here: the plugin calls these from
+`pytest_configure`, so a bad value is one clear usage error at collection time."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from qcheck.config import Thresholds
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def parse_device(text: str) -> str:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> the device string to use on this machine."""
+    if not _DEVICE.match(text):
+        raise ValueError(f"--qcheck-device {text!r}: expected auto, cpu, cuda or cuda:N")
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--qcheck-device {text}: CUDA is not available on this machine "
+                             f"(torch {torch.__version__}); use --qcheck-device cpu or auto")
+        index = int(text.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--qcheck-device {text}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def worker_device(device: str, worker_id: str, n_gpus: int) -> str:
+    """Under xdist, worker gwK takes GPU K mod n when the device is plain 'cuda'."""
+    if device != "cuda" or not worker_id.startswith("gw") or n_gpus == 0:
+        return device
+    return f"cuda:{int(worker_id[2:]) % n_gpus}"
+
+
+@dataclass(frozen=True)
+class ThresholdOverrides:
+    """`KEY=VALUE` applies to every model, `MODEL:KEY=VALUE` to one model (command line wins over
+    pyproject's [tool.qcheck.thresholds] and [tool.qcheck.thresholds."MODEL"])."""
+
+    everywhere: dict[str, Any] = field(default_factory=dict)
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_model(self, base: Thresholds, model: str) -> Thresholds:
+        merged = base.updated(self.everywhere, source="threshold override")
+        return merged.updated(self.per_model.get(model, {}), source=f"threshold override for {model}")
+
+
+def parse_threshold_overrides(items: list[str], base: Thresholds) -> ThresholdOverrides:
+    everywhere: dict[str, Any] = {}
+    per_model: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, key_value = (item.split(":", 1) if ":" in item.split("=", 1)[0] else (None, item))
+        key, sep, value = key_value.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"--qcheck-threshold {item!r}: expected KEY=VALUE or MODEL:KEY=VALUE, "
+                             f"e.g. min_resid_cosine=0.9")
+        base.updated({key: value}, source=f"--qcheck-threshold {item!r}")  # validates now
+        (per_model.setdefault(target, {}) if target else everywhere)[key] = value
+    return ThresholdOverrides(everywhere, per_model)
+
+
+def thresholds_from_pyproject(table: dict[str, Any]) -> tuple[Thresholds, dict[str, dict[str, Any]]]:
+    """[tool.qcheck.thresholds]: plain keys apply to every model; a sub-table per model name."""
+    plain = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    per_model = {k: v for k, v in table.items() if isinstance(v, dict)}
+    base = Thresholds().updated(plain, source="pyproject.toml [tool.qcheck.thresholds]")
+    for model, values in per_model.items():
+        base.updated(values, source=f"pyproject.toml [tool.qcheck.thresholds.{model!r}]")
+    return base, per_model

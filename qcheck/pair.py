@@ -1,0 +1,65 @@
+"""An FP model and one quantized twin, wrapped alike, with their captures built once.
+
+A Pair is what every certification test receives. Captures are made lazily, once per prompt set,
+and shared by all analyses of the pair; the FP side of each capture is shared across every
+quantizer of the model (the session passes it in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from qcheck.capture import Capture, block_hooks, capture, pad_prompts
+from qcheck.data.induction import repeated_random_tokens
+from qcheck.data.prompts import LOGIT_LENS, encode_prompts, natural_texts
+from qcheck.matrix import Case
+from qcheck.models.load import LoadedModel
+
+INDUCTION_HALF = 25   # the study's [BOS, 25 random tokens, the same 25]
+INDUCTION_SEED = 42   # the study's seed
+PROMPT_SETS = ("natural", "lens", "induction")
+
+
+def prompt_tokens(model: LoadedModel, prompt_set: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, mask) of a prompt set for this model (BOS first, cut to its context)."""
+    tokenizer = model.tokenizer
+    if prompt_set == "induction":
+        low, high = tokenizer.random_range
+        tokens = repeated_random_tokens(half=INDUCTION_HALF, low=low, high=high, bos=tokenizer.bos,
+                                        seed=INDUCTION_SEED)
+        return tokens, torch.ones_like(tokens, dtype=torch.bool)
+    texts = {"natural": natural_texts(), "lens": LOGIT_LENS}[prompt_set]
+    return pad_prompts(encode_prompts(texts, tokenizer.encode, model.n_ctx), pad=tokenizer.bos)
+
+
+def capture_prompt_set(bridge, model: LoadedModel, prompt_set: str) -> Capture:
+    tokens, mask = prompt_tokens(model, prompt_set)
+    n_layers = bridge.cfg.n_layers
+    if prompt_set == "natural":
+        return capture(bridge, tokens, mask, names=block_hooks(n_layers), lens=False)
+    if prompt_set == "lens":
+        return capture(bridge, tokens, mask, names=[f"blocks.{l}.hook_resid_post" for l in range(n_layers)])
+    return capture(bridge, tokens, mask, names=[f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)],
+                   lens=False)
+
+
+@dataclass
+class Pair:
+    case: Case
+    model: LoadedModel
+    quantized: object                      # qcheck.quantize.cache.QuantizedModel
+    fp_bridge: object
+    quant_bridge: object
+    fp_capture: Callable[[str], Capture]   # the session's shared FP captures
+    _quant_captures: dict = field(default_factory=dict, repr=False)
+
+    def captures(self, prompt_set: str) -> tuple[Capture, Capture]:
+        """(FP, quantized) captures of one prompt set: "natural", "lens" or "induction"."""
+        if prompt_set not in PROMPT_SETS:
+            raise ValueError(f"unknown prompt set {prompt_set!r}; expected one of {PROMPT_SETS}")
+        if prompt_set not in self._quant_captures:
+            self._quant_captures[prompt_set] = capture_prompt_set(self.quant_bridge, self.model, prompt_set)
+        return self.fp_capture(prompt_set), self._quant_captures[prompt_set]

@@ -1,0 +1,253 @@
+"""Apply a QuantSpec to an HF model: a quantized deep copy, block by block.
+
+Which weights: every linear map inside the transformer blocks (GPT-2: attn.c_attn, attn.c_proj,
+mlp.c_fc, mlp.c_proj, transformers' Conv1D; GPT-NeoX: attention.query_key_value,
+attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h, nn.Linear), found generically as every
+nn.Linear / Conv1D in the block list. Never embeddings, unembedding, norms or biases (the study).
+
+GPTQ runs layer by layer (Frantar et al. 2022, 4 "Setup"; reference opt.py `opt_sequential`):
+the inputs of block 0 are captured once per calibration batch (with the keyword arguments the
+model passes its blocks: masks, NeoX's rotary position_embeddings), and block l's inputs are
+block l − 1's outputs *after* it was quantized. With true_sequential, a block's linears are
+quantized in execution order, one input-sharing group at a time ((qkv), (attn out), (mlp in),
+(mlp out)), and the Hessians are recollected after each group.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from qcheck.quantize.grid import GridSpec, QuantizedWeight
+from qcheck.quantize.hessian import HessianAccumulator
+from qcheck.quantize.spec import QuantSpec
+
+BATCH_SIZE = 16  # calibration sequences per forward
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One quantized linear. Errors are relative Frobenius norms, in [0, ∞): ‖W − Q‖ / ‖W‖ and,
+    when a Hessian was collected, ‖(W − Q) X‖ / ‖W X‖ over the calibration inputs."""
+
+    name: str
+    d_out: int
+    d_in: int
+    weight_rel_error: float
+    output_rel_error: float | None = None
+    damp: float | None = None
+    damp_retries: int = 0
+    dead_columns: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    spec: str
+    layers: list[LayerReport] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of the whole quantization, s
+
+    @property
+    def damp_retries(self) -> int:
+        return sum(layer.damp_retries for layer in self.layers)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QuantReport":
+        return cls(spec=data["spec"], layers=[LayerReport(**layer) for layer in data["layers"]],
+                   seconds=data["seconds"])
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The transformer block list and its path: GPT-2 `transformer.h`, GPT-NeoX `gpt_neox.layers`,
+    LLaMA-like `model.layers`; otherwise the one ModuleList of config.num_hidden_layers blocks."""
+    for path in ("transformer.h", "gpt_neox.layers", "model.layers"):
+        try:
+            blocks = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(blocks, nn.ModuleList):
+            return path, blocks
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+    if len(found) != 1:
+        raise ValueError(f"{type(model).__name__}: cannot find its transformer blocks (expected one "
+                         f"ModuleList of {n_layers} layers, found {[n for n, _ in found]}); add its path to find_blocks")
+    return found[0]
+
+
+def block_linears(block: nn.Module) -> dict[str, nn.Module]:
+    """Every nn.Linear / transformers Conv1D in `block`, by name relative to it, in module order."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {name: m for name, m in block.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+
+
+def get_rows(module: nn.Module) -> Float[Tensor, "d_out d_in"]:
+    """The weight with one row per output: Conv1D stores [in, out], so it is transposed."""
+    return module.weight.detach().T if _is_conv1d(module) else module.weight.detach()
+
+
+def set_rows(module: nn.Module, rows: Float[Tensor, "d_out d_in"]) -> None:
+    with torch.no_grad():
+        module.weight.copy_(rows.T if _is_conv1d(module) else rows)
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)
+
+
+def quantize_weight(weight: Float[Tensor, "d_out d_in"], hessian: Float[Tensor, "d_in d_in"] | None,
+                    spec: QuantSpec) -> QuantizedWeight:
+    """Dispatch one weight to the spec's kernel."""
+    from qcheck.quantize.gptq import gptq
+    from qcheck.quantize.gptq_study import gptq_study
+    from qcheck.quantize.rtn import rtn
+
+    grid = GridSpec(spec.bits, sym=spec.sym, kind=spec.grid)
+    if spec.method == "rtn":
+        return rtn(weight, grid, group_size=spec.group_size)
+    options = dict(group_size=spec.group_size, damp=spec.damp, act_order=spec.act_order,
+                   static_groups=spec.static_groups)
+    if spec.method == "gptq":
+        return gptq(weight, hessian, grid, block_size=spec.block_size, **options)
+    if spec.method == "gptq-study":
+        return gptq_study(weight, hessian, grid, **options)
+    raise ValueError(f"quantize_weight: method {spec.method!r} quantizes nothing here; "
+                     "checkpoints are loaded by qcheck.quantize.checkpoint")
+
+
+@torch.no_grad()
+def quantize_model(hf_model: nn.Module, spec: QuantSpec,
+                   calibration_tokens: Int[Tensor, "n_samples seq_len"] | None = None,
+                   *, batch_size: int = BATCH_SIZE) -> tuple[nn.Module, QuantReport]:
+    """A quantized deep copy of `hf_model` (in eval mode) and a report; the caller's model is untouched.
+
+    calibration_tokens are required by GPTQ (see qcheck.data.calibration), ignored by RTN.
+    """
+    if spec.needs_calibration and calibration_tokens is None:
+        raise ValueError(f"quantize_model: {spec} needs calibration tokens (n_samples, seq_len); "
+                         "build them with qcheck.data.calibration.calibration_for(spec, model)")
+    if spec.method not in ("rtn", "gptq", "gptq-study"):
+        raise ValueError(f"quantize_model: {spec} is not a quantizer; checkpoints are loaded, not computed")
+    start = time.perf_counter()
+    model = copy.deepcopy(hf_model).eval()
+    path, blocks = find_blocks(model)
+    layers: list[LayerReport] = []
+    if not spec.needs_calibration:
+        for l, block in enumerate(blocks):
+            for name, module in block_linears(block).items():
+                layers.append(_quantize_linear(f"{path}.{l}.{name}", module, None, spec))
+        return model, QuantReport(str(spec), layers, time.perf_counter() - start)
+    inputs = capture_block_inputs(model, blocks, calibration_tokens, batch_size)
+    for l, block in enumerate(blocks):
+        linears = block_linears(block)
+        groups = input_groups(block, linears, inputs[0]) if spec.true_sequential else [list(linears)]
+        for group in groups:
+            hessians = collect_hessians(block, {name: linears[name] for name in group}, inputs)
+            for name in group:
+                layers.append(_quantize_linear(f"{path}.{l}.{name}", linears[name], hessians[name], spec))
+        inputs = [(_output(block(hidden, *args, **kwargs)), args, kwargs) for hidden, args, kwargs in inputs]
+    return model, QuantReport(str(spec), layers, time.perf_counter() - start)
+
+
+def _quantize_linear(name: str, module: nn.Module, hessian: Tensor | None, spec: QuantSpec) -> LayerReport:
+    tick = time.perf_counter()
+    W = get_rows(module).float().clone()  # a copy: set_rows below overwrites the module's weight
+    q = quantize_weight(W, hessian, spec)
+    set_rows(module, q.weight.to(module.weight.dtype))
+    delta = W - q.weight.float()
+    output_error = None
+    if hessian is not None:  # ‖ΔX‖² / ‖WX‖² = tr(Δ H Δᵀ) / tr(W H Wᵀ)
+        output_error = float(((delta @ hessian) * delta).sum().clamp(min=0).sqrt()
+                             / ((W @ hessian) * W).sum().clamp(min=1e-30).sqrt())
+    return LayerReport(name=name, d_out=W.shape[0], d_in=W.shape[1],
+                       weight_rel_error=float(delta.norm() / W.norm().clamp(min=1e-30)),
+                       output_rel_error=output_error, damp=getattr(q, "damp", None),
+                       damp_retries=getattr(q, "damp_retries", 0), dead_columns=getattr(q, "dead", 0),
+                       seconds=time.perf_counter() - tick)
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass once the inputs it needed are captured."""
+
+
+BlockInput = tuple[Tensor, tuple, dict]  # (hidden (batch, pos, d_model), other args, kwargs)
+
+
+def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, tokens: Tensor, batch_size: int) -> list[BlockInput]:
+    """Per calibration batch, what the model passes block 0: the hidden states and the other
+    arguments (masks, position ids, rotary embeddings), which every later block receives too."""
+    captured: list[BlockInput] = []
+
+    def hook(module, args, kwargs):
+        hidden, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+        captured.append((hidden, rest, kwargs))
+        raise _Stop
+
+    device = next(model.parameters()).device
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in tokens.split(batch_size):
+            try:
+                model(input_ids=batch.to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def input_groups(block: nn.Module, linears: dict[str, nn.Module], first: BlockInput) -> list[list[str]]:
+    """The linears grouped by the input tensor they share, in execution order (true-sequential).
+
+    Found by running the block once: GPT-2 and NeoX give [[qkv], [attn out], [mlp in], [mlp out]];
+    separate q/k/v projections of one input form one group.
+    """
+    seen: list[tuple[str, Tensor]] = []  # tensors stay referenced, so `is` comparisons are sound
+    handles = [m.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0])))
+               for name, m in linears.items()]
+    try:
+        hidden, args, kwargs = first
+        block(hidden, *args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    groups: list[tuple[Tensor, list[str]]] = []
+    for name, x in seen:
+        group = next((names for t, names in groups if t is x), None)
+        if group is None:
+            groups.append((x, [name]))
+        elif name not in group:
+            group.append(name)
+    missing = [name for name in linears if not any(name in names for _, names in groups)]
+    return [names for _, names in groups] + ([missing] if missing else [])
+
+
+def collect_hessians(block: nn.Module, linears: dict[str, nn.Module], inputs: list[BlockInput]) -> dict[str, Tensor]:
+    """H = 2/n Σ x xᵀ of each linear's inputs over all calibration batches run through `block`."""
+    accumulators = {name: HessianAccumulator(get_rows(m).shape[1], device=m.weight.device)
+                    for name, m in linears.items()}
+    handles = [m.register_forward_pre_hook(lambda m, args, name=name: accumulators[name].add_batch(args[0]))
+               for name, m in linears.items()]
+    try:
+        for hidden, args, kwargs in inputs:
+            block(hidden, *args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: acc.hessian() for name, acc in accumulators.items()}
+
+
+def _output(out) -> Tensor:
+    """A block's hidden-state output (transformers 5 returns a tensor; older versions a tuple)."""
+    return out[0] if isinstance(out, tuple) else out

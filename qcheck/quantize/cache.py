@@ -1,0 +1,154 @@
+"""The quantized-model cache: the second run loads instead of requantizing (DESIGN.md, "Quantizers").
+
+An entry holds the quantized weights of the block linears (safetensors, float32, exactly what
+the quantizer produced) and a JSON sidecar with the report, the spec string and the digests. Its
+key is sha256 over (cache format, model weight digest, canonical spec string, calibration digest).
+Sampled calibration tokens are cached too (keyed by model digest and the calibration fields of
+the spec), because the key needs their digest and sampling costs a model run per token.
+
+Location: the `cache_dir` argument, else $QCHECK_CACHE_DIR, else ~/.cache/qcheck (outside the
+repo). Writes are atomic and locked per entry (store.py), so xdist workers share it safely.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from qcheck.data.calibration import Calibration, calibration_for, resolve_seq_len, token_digest
+from qcheck.quantize.apply import QuantReport, block_linears, find_blocks, quantize_model
+from qcheck.quantize.spec import QuantSpec
+from qcheck.quantize.store import FORMAT, Entry
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """A quantized deep copy of an HF model and where it came from.
+
+    calibration_source / calibration_digest are None for methods without calibration (RTN).
+    cache_note says why an existing entry was not used ("missing", "sha256 ... does not match"...).
+    """
+
+    model: nn.Module
+    spec: QuantSpec
+    weight_digest: str
+    calibration_source: str | None
+    calibration_digest: str | None
+    from_cache: bool
+    report: QuantReport
+    key: str
+    cache_note: str | None = None
+
+
+def default_cache_dir() -> Path:
+    """$QCHECK_CACHE_DIR, else ~/.cache/qcheck."""
+    return Path(os.environ.get("QCHECK_CACHE_DIR") or Path.home() / ".cache" / "qcheck").expanduser()
+
+
+def model_digest(hf_model: nn.Module) -> str:
+    """sha256 over the sorted state_dict: each name, shape and float32 (integers: int64) CPU bytes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(hf_model.state_dict().items()):
+        t = tensor.detach().to("cpu")
+        t = t.to(torch.float32) if t.is_floating_point() else t.to(torch.int64)
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(weight_digest: str, spec: QuantSpec, calibration_digest: str | None) -> str:
+    parts = [f"format={FORMAT}", f"model={weight_digest}", f"spec={spec}", f"calibration={calibration_digest}"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def load_or_quantize(hf_model: nn.Module, spec: QuantSpec, *, calibration: Calibration | Tensor | None = None,
+                     tokenizer=None, cache_dir: str | Path | None = None, weight_digest: str | None = None,
+                     lock_timeout: float = -1) -> QuantizedModel:
+    """The quantized copy of `hf_model` for `spec`, from the cache or computed and stored.
+
+    calibration: a Calibration (qcheck.data.calibration), a raw (n_samples, seq_len) token tensor,
+    or None to build the one the spec names (sampled tokens are cached). Ignored by RTN.
+    weight_digest: model_digest(hf_model) if the caller already has it. lock_timeout: seconds to
+    wait for another process computing the same entry (-1: for ever).
+    """
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    weight_digest = weight_digest or model_digest(hf_model)
+    if spec.needs_calibration:
+        if calibration is None:
+            calibration = cached_calibration(hf_model, spec, weight_digest=weight_digest, cache_dir=root,
+                                             tokenizer=tokenizer, lock_timeout=lock_timeout)
+        elif isinstance(calibration, Tensor):
+            calibration = Calibration(calibration, "tokens given by the caller", token_digest(calibration))
+    else:
+        calibration = None
+    calibration_digest = calibration.digest if calibration is not None else None
+    key = cache_key(weight_digest, spec, calibration_digest)
+    entry = Entry(root, "quant", key)
+    common = dict(spec=spec, weight_digest=weight_digest, key=key, calibration_digest=calibration_digest,
+                  calibration_source=calibration.source if calibration is not None else None)
+    with entry.lock(lock_timeout):
+        found = entry.read()
+        if found is not None:
+            model = _load_weights(hf_model, found[0])
+            if model is not None:
+                return QuantizedModel(model=model, from_cache=True,
+                                      report=QuantReport.from_dict(found[1]["report"]), **common)
+            entry.problem = "its tensors do not match this model's block linears"
+        note = entry.problem
+        model, report = quantize_model(hf_model, spec, calibration.tokens if calibration is not None else None)
+        entry.write(_block_weights(model), {"spec": str(spec), "weight_digest": weight_digest,
+                                            "calibration_digest": calibration_digest,
+                                            "calibration_source": common["calibration_source"],
+                                            "report": report.to_dict(), "versions": _versions()})
+    return QuantizedModel(model=model, from_cache=False, report=report, cache_note=note, **common)
+
+
+def cached_calibration(hf_model: nn.Module, spec: QuantSpec, *, weight_digest: str, cache_dir: str | Path,
+                       tokenizer=None, lock_timeout: float = -1) -> Calibration:
+    """calibration_for(spec, hf_model), with `sampled` tokens kept on disk (others are recomputed:
+    a file may change, and datasets caches WikiText-2 itself)."""
+    if spec.calibration != "sampled":
+        return calibration_for(spec, hf_model, tokenizer=tokenizer)
+    seq_len = resolve_seq_len(hf_model, spec.seq_len)
+    recipe = f"format={FORMAT}\nmodel={weight_digest}\nsampled n={spec.n_samples} len={seq_len} seed={spec.seed}"
+    entry = Entry(cache_dir, "calibration", hashlib.sha256(recipe.encode()).hexdigest())
+    with entry.lock(lock_timeout):
+        found = entry.read()
+        if found is not None and token_digest(found[0]["tokens"]) == found[1]["digest"]:
+            return Calibration(found[0]["tokens"], found[1]["source"], found[1]["digest"])
+        calibration = calibration_for(spec, hf_model, tokenizer=tokenizer)
+        entry.write({"tokens": calibration.tokens}, {"source": calibration.source, "digest": calibration.digest})
+    return calibration
+
+
+def _block_weights(model: nn.Module) -> dict[str, Tensor]:
+    """The weights of every block linear (detached, not copied), by state_dict name, in the
+    module's own layout (Conv1D: [in, out])."""
+    path, blocks = find_blocks(model)
+    return {f"{path}.{l}.{name}.weight": module.weight.detach()
+            for l, block in enumerate(blocks) for name, module in block_linears(block).items()}
+
+
+def _load_weights(hf_model: nn.Module, tensors: dict[str, Tensor]) -> nn.Module | None:
+    """A deep copy of `hf_model` with `tensors` loaded, or None if names or shapes do not match."""
+    expected = _block_weights(hf_model)
+    if expected.keys() != tensors.keys() or any(expected[n].shape != t.shape for n, t in tensors.items()):
+        return None
+    model = copy.deepcopy(hf_model).eval()
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            parameter = model.get_parameter(name)
+            parameter.copy_(tensor.to(device=parameter.device, dtype=parameter.dtype))
+    return model
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "transformers", "qcheck")}

@@ -1,0 +1,151 @@
+"""One pytest session's state: validated options, and everything built once per worker (FP
+models, bridges, quantized models, captures, SAEs). The plugin's fixtures only call into this.
+
+Nothing here imports pytest; `from_pytest_config` reads a config object duck-typed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from qcheck import matrix
+from qcheck.config import Thresholds
+from qcheck.options import (ThresholdOverrides, parse_device, parse_threshold_overrides,
+                            thresholds_from_pyproject)
+
+EXPECTED_FAILURES = Path("tests") / "certify" / "expected_failures.toml"
+
+
+@dataclass
+class QcheckSession:
+    models: list[str]
+    quants: list[str]
+    device: str
+    base_thresholds: Thresholds
+    pyproject_per_model: dict[str, dict[str, Any]]
+    overrides: ThresholdOverrides
+    cache_dir: Path
+    expected_failures: list[matrix.ExpectedFailure]
+    _memo: dict = field(default_factory=dict, repr=False)
+    results: list = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_pytest_config(cls, config) -> "QcheckSession":
+        """Validate every qcheck option once; raises ValueError naming the bad value."""
+        from qcheck.models.registry import ModelNotAvailable, resolve
+        from qcheck.quantize.cache import default_cache_dir
+        from qcheck.quantize.spec import parse_quant_spec
+
+        table = _pyproject_table(Path(config.rootpath) / "pyproject.toml")
+        base, per_model = thresholds_from_pyproject(table.get("thresholds", {}))
+        rule = config.getoption("--qcheck-induction-rule")
+        if rule:
+            base = base.updated({"induction_rule": rule}, source="--qcheck-induction-rule")
+        models = list(dict.fromkeys(config.getoption("--qcheck-model")))
+        for name in models:
+            try:
+                resolve(name)
+            except ModelNotAvailable as error:
+                raise ValueError(f"--qcheck-model {name}: {error}") from None
+        quants = []
+        for text in dict.fromkeys(config.getoption("--qcheck-quant")):
+            quants.append(str(parse_quant_spec(text)))  # canonical form: one id per spec
+        cache = config.getoption("--qcheck-cache") or table.get("cache_dir")
+        return cls(
+            models=models, quants=quants, device=parse_device(config.getoption("--qcheck-device")),
+            base_thresholds=base, pyproject_per_model=per_model,
+            overrides=parse_threshold_overrides(config.getoption("--qcheck-threshold"), base),
+            cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
+            expected_failures=matrix.load_expected_failures(Path(config.rootpath) / EXPECTED_FAILURES),
+        )
+
+    # --- the matrix -----------------------------------------------------------------------
+    def pair_cases(self) -> list[matrix.Case]:
+        from qcheck.models.registry import zoo_names
+
+        return matrix.build_cases(zoo_names(), self.models, self.quants)
+
+    def selected(self, case: matrix.Case) -> bool:
+        return matrix.is_selected(case, self.models, self.quants)
+
+    def expected_failure(self, case: matrix.Case, analysis: str):
+        return matrix.expected_failure(self.expected_failures, case, analysis)
+
+    def thresholds_for(self, model: str) -> Thresholds:
+        base = self.base_thresholds.updated(self.pyproject_per_model.get(model, {}),
+                                            source=f"pyproject.toml thresholds for {model}")
+        return self.overrides.for_model(base, model)
+
+    def record(self, pair, analysis: str, nodeid: str, result) -> None:
+        """Keep a result for the report layer: (case, analysis, test id, result)."""
+        self.results.append((pair.case, analysis, nodeid, result))
+
+    # --- built once per worker ------------------------------------------------------------
+    def _once(self, key, build):
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
+
+    def model(self, name: str):
+        from qcheck.models.load import load_model
+
+        return self._once(("model", name), lambda: load_model(name, device=self.device))
+
+    def fp_bridge(self, name: str):
+        from qcheck.models.bridge import wrap
+
+        return self._once(("fp_bridge", name), lambda: wrap(self.model(name).hf))
+
+    def weight_digest(self, name: str) -> str:
+        from qcheck.quantize.cache import model_digest
+
+        return self._once(("digest", name), lambda: model_digest(self.model(name).hf))
+
+    def fp_capture(self, name: str, prompt_set: str):
+        from qcheck.pair import capture_prompt_set
+
+        return self._once(("fp_capture", name, prompt_set),
+                          lambda: capture_prompt_set(self.fp_bridge(name), self.model(name), prompt_set))
+
+    def sae(self, name: str):
+        from qcheck.basis import sae_for
+
+        return self._once(("sae", name), lambda: sae_for(self.model(name), self.fp_bridge(name),
+                                                         weight_digest=self.weight_digest(name),
+                                                         cache_dir=self.cache_dir))
+
+    def quantized(self, case: matrix.Case):
+        """The quantized HF model for a case: from the disk cache, or computed and stored."""
+        from qcheck.quantize.cache import load_or_quantize
+        from qcheck.quantize.spec import parse_quant_spec
+
+        def build():
+            model = self.model(case.model)
+            return load_or_quantize(model.hf, parse_quant_spec(case.quant), cache_dir=self.cache_dir,
+                                    weight_digest=self.weight_digest(case.model),
+                                    tokenizer=model.tokenizer.hf_tokenizer)
+        return self._once(("quantized", case), build)
+
+    def pair(self, case: matrix.Case):
+        from qcheck.models.bridge import wrap
+        from qcheck.pair import Pair
+
+        def build():
+            quantized = self.quantized(case)
+            return Pair(case=case, model=self.model(case.model), quantized=quantized,
+                        fp_bridge=self.fp_bridge(case.model), quant_bridge=wrap(quantized.model),
+                        fp_capture=lambda prompt_set: self.fp_capture(case.model, prompt_set))
+        return self._once(("pair", case), build)
+
+
+def _pyproject_table(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text()).get("tool", {}).get("qcheck", {})
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML ({error})") from None

@@ -1,0 +1,12 @@
+"""Analysis 1: FP vs quantized activations per layer (resid_post, attn_out, mlp_out)."""
+
+import pytest
+
+from qcheck.analyses.activations import compare_activations
+
+pytestmark = pytest.mark.activations
+
+
+def test_activations(pair, thresholds, record):
+    result = record(compare_activations(*pair.captures("natural")))
+    assert not result.failures(thresholds), "; ".join(result.failures(thresholds))

@@ -1,0 +1,12 @@
+"""Output fidelity: what aggregate metrics see (final KL, top-1 agreement, held-out loss)."""
+
+import pytest
+
+from qcheck.analyses.fidelity import compare_outputs
+
+pytestmark = pytest.mark.fidelity
+
+
+def test_output_fidelity(pair, thresholds, record):
+    result = record(compare_outputs(*pair.captures("natural")))
+    assert not result.failures(thresholds), "; ".join(result.failures(thresholds))
