@@ -5,7 +5,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["qcheck.plugin"]
+pytest_plugins = ["qcheck.plugin", "pytester"]
 
 # deadline=None: the first call of a torch op can take ~1 s.
 settings.register_profile("dev", max_examples=40, deadline=None,

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import pytest
 
+from qcheck.report.progress import terminal_progress
+from qcheck.report.run import WORKEROUTPUT_KEY, ReportRun
 from qcheck.session import QcheckSession
+
+# The `baseline` fixture and its hooks (syrupy glue; see qcheck/baselines.py).
+pytest_plugins = ["qcheck.baselines"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,13 +37,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qcheck-cache", default=None, metavar="DIR",
                     help="cache of quantized weights and SAEs (default: $QCHECK_CACHE_DIR or "
                          "~/.cache/qcheck).")
+    group.addoption("--qcheck-report", default=None, metavar="DIR",
+                    help="write a report to DIR: results.json, a certificate per (model, quantizer), "
+                         "plots, the scaling table and index.html. DIR must be new, empty or hold an "
+                         "earlier report, which is replaced.")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     try:
         config.stash[_SESSION] = QcheckSession.from_pytest_config(config)
+        config.stash[_REPORT] = ReportRun.from_options(
+            directory=config.getoption("--qcheck-report"), worker=_worker_id(config),
+            args=config.invocation_params.args, device=config.getoption("--qcheck-device"))
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
+    config.stash[_SESSION].progress = terminal_progress(config)
 
 
 _SESSION = pytest.StashKey[QcheckSession]()
@@ -117,3 +130,44 @@ def record(request: pytest.FixtureRequest, pair, qcheck_session: QcheckSession):
 def sae(pair, qcheck_session: QcheckSession):
     """The frozen SAE basis of the pair's FP model (shipped for zoo models, else cached)."""
     return qcheck_session.sae(pair.case.model)
+
+
+# --- reports (qcheck/report/run.py): every process observes outcomes and turns its recorded
+# results into a partial; xdist workers hand theirs over in workeroutput; the controller merges
+# once, writes --qcheck-report DIR and prints the summary.
+_REPORT = pytest.StashKey[ReportRun]()
+
+
+def _worker_id(config: pytest.Config) -> str | None:
+    return config.workerinput["workerid"] if hasattr(config, "workerinput") else None
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    report = yield  # outermost wrapper: the outcome after xfail handling
+    case = getattr(item, "callspec", None) and item.callspec.params.get("pair")
+    if case is not None:
+        item.config.stash[_REPORT].observe(item.nodeid, case, _analysis(item), report)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run, state = session.config.stash[_REPORT], session.config.stash[_SESSION]
+    if hasattr(session.config, "workerinput"):
+        session.config.workeroutput[WORKEROUTPUT_KEY] = run.worker_output(state)
+    else:
+        run.finish(state)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    node.config.stash[_REPORT].add_worker(node.gateway.id, getattr(node, "workeroutput", None), error)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    lines = config.stash[_REPORT].summary_lines(verbosity=config.get_verbosity(),
+                                                width=config.get_terminal_writer().fullwidth)
+    if lines:
+        terminalreporter.section("qcheck")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -16,6 +16,7 @@ from qcheck import matrix
 from qcheck.config import Thresholds
 from qcheck.options import (ThresholdOverrides, parse_device, parse_threshold_overrides,
                             thresholds_from_pyproject)
+from qcheck.report.progress import Progress
 
 EXPECTED_FAILURES = Path("tests") / "certify" / "expected_failures.toml"
 
@@ -32,6 +33,9 @@ class QcheckSession:
     expected_failures: list[matrix.ExpectedFailure]
     _memo: dict = field(default_factory=dict, repr=False)
     results: list = field(default_factory=list, repr=False)
+    # Long steps report here (quantization with its calibration, the SAE basis); the plugin sets a
+    # terminal one (qcheck/report/progress.py), silent by default.
+    progress: Progress = field(default_factory=Progress, repr=False)
 
     @classmethod
     def from_pytest_config(cls, config) -> "QcheckSession":
@@ -114,9 +118,11 @@ class QcheckSession:
     def sae(self, name: str):
         from qcheck.basis import sae_for
 
-        return self._once(("sae", name), lambda: sae_for(self.model(name), self.fp_bridge(name),
-                                                         weight_digest=self.weight_digest(name),
-                                                         cache_dir=self.cache_dir))
+        def build():
+            model, bridge = self.model(name), self.fp_bridge(name)
+            with self.progress.step(f"{name}: SAE basis (shipped, cached or trained)"):
+                return sae_for(model, bridge, weight_digest=self.weight_digest(name), cache_dir=self.cache_dir)
+        return self._once(("sae", name), build)
 
     def quantized(self, case: matrix.Case):
         """The quantized HF model for a case: from the disk cache, or computed and stored."""
@@ -125,9 +131,12 @@ class QcheckSession:
 
         def build():
             model = self.model(case.model)
-            return load_or_quantize(model.hf, parse_quant_spec(case.quant), cache_dir=self.cache_dir,
-                                    weight_digest=self.weight_digest(case.model),
-                                    tokenizer=model.tokenizer.hf_tokenizer)
+            with self.progress.step(f"{case.id}: quantize") as step:
+                quantized = load_or_quantize(model.hf, parse_quant_spec(case.quant), cache_dir=self.cache_dir,
+                                             weight_digest=self.weight_digest(case.model),
+                                             tokenizer=model.tokenizer.hf_tokenizer)
+                step.outcome = "from cache" if quantized.from_cache else "computed"
+            return quantized
         return self._once(("quantized", case), build)
 
     def pair(self, case: matrix.Case):

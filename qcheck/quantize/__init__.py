@@ -3,8 +3,8 @@
 Kernels (pure functions of tensors, no I/O): `grid` (the quantization grids), `rtn`
 (round-to-nearest), `gptq` (Frantar et al. 2022) and `gptq_study` (the study's stale-inverse
 variant), `hessian` (collecting H = 2/n Σ x xᵀ). Application: `apply` (a quantized deep copy of an
-HF model, layer by layer) and `cache` (the on-disk cache shared by xdist workers). The spec that
-names a quantizer is `spec.QuantSpec`, written `rtn-w4`, `gptq-w4-g128-act`, ...
+HF model, layer by layer), `cache` (the on-disk cache shared by xdist workers, built on `store`).
+The spec that names a quantizer is `spec.QuantSpec`, written `rtn-w4`, `gptq-w4-g128-act`, ...
 
 Nothing heavy is imported here: import the submodule you need.
 """

@@ -77,6 +77,9 @@ def load_or_quantize(hf_model: nn.Module, spec: QuantSpec, *, calibration: Calib
     weight_digest: model_digest(hf_model) if the caller already has it. lock_timeout: seconds to
     wait for another process computing the same entry (-1: for ever).
     """
+    if not spec.needs_calibration and spec.method != "rtn":
+        raise ValueError(f"load_or_quantize: {spec} names a checkpoint to load, not a quantizer to run; "
+                         "use qcheck.quantize.checkpoint")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     weight_digest = weight_digest or model_digest(hf_model)
     if spec.needs_calibration:

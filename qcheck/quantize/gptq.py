@@ -4,9 +4,10 @@ rounding error onto the columns not yet quantized, through the upper Cholesky fa
 Why the Cholesky factor: row i of the upper factor U of H⁻¹ is row 0 of the inverse Hessian of
 the columns ≥ i divided by the square root of its diagonal (paper 3.2, step 3). Updating with U's
 rows is therefore the exact OBQ update that re-inverts H after every column, with one
-factorisation and no inverse going stale. Lazy batching (3.2, step 2): inside a block of columns the update touches the block only;
-the rest of the matrix gets one matmul per block. The reference is IST-DASLab/gptq gptq.py
-(`fasterquant`); the differences, each for exactness, are listed where they happen.
+factorisation and no inverse going stale. Lazy batching (3.2, step 2), on two levels: a column's
+error updates its 16-column sub-block at once, the rest of its block once per sub-block (a
+matmul) and the rest of the matrix once per block (a matmul). The reference is IST-DASLab/gptq
+gptq.py (`fasterquant`, one level); where ours differs, the comment there says why.
 
 The study's own update (full H⁻¹ reused, not the Cholesky factor) is `gptq_study.py`.
 Dimension names: weight (d_out, d_in) in the nn.Linear layout; hessian (d_in, d_in).
@@ -14,13 +15,14 @@ Dimension names: weight (d_out, d_in) in the nn.Linear layout; hessian (d_in, d_
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from qcheck.quantize.grid import GridSpec, QuantizedWeight, assemble, compute_dtype, decode, encode, fit
+from qcheck.quantize.grid import GridSpec, QuantizedWeight, assemble, compute_dtype, fit
 
 # Damping is multiplied by this after a failed factorisation, up to MAX_DAMP (a fraction of
 # mean diag(H); at 10 the damping term dominates and GPTQ approaches RTN).
@@ -74,29 +76,56 @@ def gptq(weight: Float[Tensor, "d_out d_in"], hessian: Float[Tensor, "d_in d_in"
     """
     prep = prepare(weight, hessian, grid, group_size=group_size, act_order=act_order, static_groups=static_groups)
     U, damp_used, retries = inverse_cholesky(prep.H, damp)  # (d_in, d_in) upper
-    W = prep.W
+    W = prep.W                                               # (d_in, d_out), updated in place
     d_in, d_out = W.shape
-    # Groups must not straddle a block: a group's grid is fitted on fully updated columns, so the
-    # block is a multiple of the group size. (The reference fits on columns whose in-block
-    # updates are still pending when a group starts mid-block: its result depends on blocksize.)
-    if group_size is not None:
-        block_size = max(group_size, block_size // group_size * group_size)
+    block, sub = _block_sizes(block_size, group_size)
+    inverse_diagonal = (1 / U.diagonal()).tolist()
     codes = torch.empty_like(W)
     grids = GroupGrids(prep, grid, group_size)
-    for i1 in range(0, d_in, block_size):
-        i2 = min(i1 + block_size, d_in)
-        W1 = W[i1:i2]                                   # (block, d_out), a view: updated in place
-        err1 = torch.empty_like(W1)
-        for i in range(i2 - i1):
-            column = i1 + i
-            scale, zero = grids.at(column, W1[i:].T)
-            w = W1[i]                                   # (d_out,)
-            c = encode(w[:, None], scale, zero, grid.maxq)[:, 0]
-            codes[column] = c
-            err1[i] = (w - decode(c[:, None], scale, zero)[:, 0]) / U[column, column]
-            W1[i + 1:].addr_(U[column, column + 1:i2], err1[i], alpha=-1)
-        W[i2:].addmm_(U[i1:i2, i2:].T, err1, alpha=-1)  # the lazy update of all later columns
+    for i1 in range(0, d_in, block):
+        i2 = min(i1 + block, d_in)
+        err1 = W.new_empty((i2 - i1, d_out))                 # (block, d_out): scaled errors
+        for j1 in range(i1, i2, sub):
+            j2 = min(j1 + sub, i2)
+            for column in range(j1, j2):
+                scale, zero = grids.at(column, W[column:i2].T)
+                err = err1[column - i1]
+                _round_column(W[column], scale, zero, grid.maxq, codes[column], err)
+                err.mul_(inverse_diagonal[column])               # (w − q) / [U]_ii
+                W[column + 1:j2].addr_(U[column, column + 1:j2], err, alpha=-1)
+            W[j2:i2].addmm_(U[j1:j2, j2:i2].T, err1[j1 - i1:j2 - i1], alpha=-1)  # rest of the block
+        W[i2:].addmm_(U[i1:i2, i2:].T, err1, alpha=-1)          # all later columns, once per block
     return finish(weight, codes, grids, prep, damp=damp_used, damp_retries=retries)
+
+
+SUB_BLOCK = 16  # columns per inner lazy block: rank-1 updates stay inside it, the rest are matmuls
+
+
+def _block_sizes(block_size: int, group_size: int | None) -> tuple[int, int]:
+    """(block, sub-block) for two-level lazy batching (paper 3.2 step 2, applied twice).
+
+    Every update of a column is applied before the column is quantized, so the sizes change
+    rounding order only, not the result. Groups must start where every later column of the block
+    is up to date, because their grid is fitted then: the block is a multiple of the group size
+    and the sub-block divides it. (The reference fits a group starting mid-block on columns whose
+    in-block updates are still pending, so its result depends on blocksize.)
+    """
+    if block_size < 1:
+        raise ValueError(f"gptq: block_size={block_size} must be >= 1")
+    if group_size is not None:
+        block_size = max(group_size, block_size // group_size * group_size)
+    sub = math.gcd(SUB_BLOCK, block_size, group_size or block_size)
+    return block_size, sub
+
+
+def _round_column(w: Float[Tensor, "d_out"], scale: Float[Tensor, "d_out"], zero: Float[Tensor, "d_out"],
+                  maxq: int, code_out: Tensor, err_out: Tensor) -> None:
+    """grid.encode / grid.decode for one column, in place (the loop's hot path): writes the codes
+    and w − q. Same operations in the same order, so q is bit-identical to assemble()'s weight."""
+    torch.div(w, scale, out=code_out)
+    code_out.round_().add_(zero).clamp_(0, maxq)
+    torch.sub(code_out, zero, out=err_out)
+    err_out.mul_(scale).neg_().add_(w)
 
 
 class GroupGrids:

@@ -111,5 +111,8 @@ def assemble(codes: Float[Tensor, "d_out d_in"], scales: Float[Tensor, "d_out n_
              zeros: Float[Tensor, "d_out n_groups"], g_idx: Int[Tensor, "d_in"],
              dtype: torch.dtype) -> QuantizedWeight:
     """Build a QuantizedWeight; the weight is recomputed from the codes so the two agree exactly."""
-    weight = (scales[:, g_idx] * (codes - zeros[:, g_idx])).to(dtype)
+    if scales.shape[1] == 1:  # per row: broadcasting gives the same values without a gather
+        weight = (scales * (codes - zeros)).to(dtype)
+    else:
+        weight = (scales[:, g_idx] * (codes - zeros[:, g_idx])).to(dtype)
     return QuantizedWeight(weight=weight, codes=codes.long(), scales=scales, zeros=zeros, g_idx=g_idx)

@@ -16,7 +16,7 @@ defaults omitted, canonical order as written; `str(spec)` gives the canonical fo
     act      act-order: quantize input columns by decreasing diag(H)          (GPTQ only)
     static   fit every group's grid up front instead of at the group's start  (GPTQ only)
     dampX    damping, fraction of mean diag(H), a plain decimal (default 0.01) (GPTQ only)
-    bsN      lazy-update block size (default 128)                             (GPTQ only)
+    bsN      lazy-update block size (default 128)                        (gptq only)
     noseq    not true-sequential: quantize a block's linears from one pass    (GPTQ only)
     sampled | wikitext2 | file:PATH   calibration source (default sampled; file: must come last,
              it takes the rest of the text, so PATH may contain "-")           (GPTQ only)
@@ -94,6 +94,8 @@ class QuantSpec:
             raise ValueError(f"{where}: damp={self.damp!r} must be a fraction in (0, 1], e.g. 0.01")
         if self.block_size < 1:
             raise ValueError(f"{where}: block_size={self.block_size!r} must be >= 1")
+        if self.method == "gptq-study" and self.block_size != 128:
+            raise ValueError(f"{where}: gptq-study has no lazy batching, so no block size; drop -bs{self.block_size}")
         if self.static_groups and self.group_size is None:
             raise ValueError(f"{where}: static groups need a group size, e.g. -g128-static")
         if not (self.calibration in ("sampled", "wikitext2")

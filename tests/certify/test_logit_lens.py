@@ -7,6 +7,7 @@ from qcheck.analyses.logit_lens import compare_logit_lens
 pytestmark = pytest.mark.logit_lens
 
 
-def test_logit_lens(pair, thresholds, record):
+def test_logit_lens(pair, thresholds, record, baseline):
     result = record(compare_logit_lens(*pair.captures("lens")))
     assert not result.failures(thresholds), "; ".join(result.failures(thresholds))
+    assert result.as_baseline() == baseline

@@ -88,17 +88,6 @@ def test_act_order_is_permutation_equivariant(draw, data):
 
 
 @given(data=st.data())
-def test_lazy_batching_does_not_change_the_result(draw, data):
-    """Block size is a speed knob (paper 3.2, step 2): results agree across block sizes."""
-    grid = data.draw(draw.grids, label="grid")
-    w, H = _layer(draw, data, dtype=torch.float64)
-    group_size = data.draw(st.one_of(st.none(), st.integers(1, w.shape[1])), label="group_size")
-    a, b = (gptq(w, H, grid, group_size=group_size, block_size=data.draw(st.integers(1, 16), label="block"))
-            for _ in range(2))
-    assert torch.allclose(a.weight, b.weight, rtol=1e-9, atol=1e-12)
-
-
-@given(data=st.data())
 def test_callers_tensors_untouched(draw, data):
     w, H = _layer(draw, data)
     w0, H0 = w.clone(), H.clone()

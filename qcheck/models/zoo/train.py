@@ -48,15 +48,18 @@ class Recipe:
 
 
 RECIPES = {r.name: r for r in [
-    # GPT-2: lr 1e-3 and a sinusoidal position init are what made heads form; 6,000 steps let
-    # the previous-token head sharpen after the induction transition (NOTES-zoo.md). Window 64
-    # halves the cost; the learned position table then knows positions < 64 only.
-    Recipe("zoo-gpt2-2l48", "gpt2", n_layers=2, d_model=48, n_heads=4, lr=1e-3, steps=6000, window=64),
+    # GPT-2: lr 1e-3 and a sinusoidal position init are what made heads form; the steps after
+    # the induction transition let the previous-token head sharpen (NOTES-zoo.md). Window 64
+    # halves the cost; the learned position table then knows positions < 64 only. At 6,000 steps
+    # the 2 x 48 model had 3 induction heads (0.41-0.52) but no previous-token head: its
+    # transition came late (~4,500 steps), hence 12,000.
+    Recipe("zoo-gpt2-2l48", "gpt2", n_layers=2, d_model=48, n_heads=4, lr=1e-3, steps=12000, window=64),
     Recipe("zoo-gpt2-3l96", "gpt2", n_layers=3, d_model=96, n_heads=4, lr=1e-3, steps=6000, window=64),
-    # Pythia: at least 16 rotary dimensions (d_head >= 16).
-    Recipe("zoo-pythia-2l32", "pythia", n_layers=2, d_model=32, n_heads=2, lr=1e-2, steps=2000),
-    Recipe("zoo-pythia-2l64", "pythia", n_layers=2, d_model=64, n_heads=4, lr=1e-2, steps=1500),
-    Recipe("zoo-pythia-3l96", "pythia", n_layers=3, d_model=96, n_heads=4, lr=5e-3, steps=4000),
+    # Pythia: at least 16 rotary dimensions (d_head >= 16). lr 1e-2 (NOTES-zoo.md) formed no head
+    # in 1,500 steps here; at 3e-3 the 2 x 64 model's transition came at ~1,200 steps.
+    Recipe("zoo-pythia-2l32", "pythia", n_layers=2, d_model=32, n_heads=2, lr=3e-3, steps=3000),
+    Recipe("zoo-pythia-2l64", "pythia", n_layers=2, d_model=64, n_heads=4, lr=3e-3, steps=3000),
+    Recipe("zoo-pythia-3l96", "pythia", n_layers=3, d_model=96, n_heads=4, lr=3e-3, steps=3000),
 ]}
 
 

@@ -1,0 +1,179 @@
+"""results.json: the one file every other part of a report is rendered from.
+
+Format (schema "qcheck.results", version 1; the full JSON Schema with a description per field is
+qcheck/report/schema.py, `python -m qcheck.report.schema` prints it):
+
+    {"schema": "qcheck.results", "schema_version": 1,
+     "run":         {started, finished, args, workers, notes, files}          # volatile
+     "environment": {device, python, platform, versions: {torch, transformer_lens, ...}},
+     "pairs": [{id, model: {name, kind, location, n_params, n_layers, n_heads, d_model, weight_digest},
+                quant: {spec, fields (every QuantSpec field), weight_digest (quantized weights),
+                        cache_key, calibration: {source, digest}},
+                seeds: {induction, calibration, sae, fidelity_bootstrap},
+                builds: [{worker, from_cache, seconds}]}],                    # builds: volatile
+     "tests": [{nodeid, pair, analysis, analysis_version, outcome, verdict, failures, notes, expected_failure,
+                thresholds, device, metrics (the result's as_baseline()), duration}]}
+
+`verdict` is the threshold claim (`failures` empty or not); `outcome` is what pytest reported, so
+baseline drift, declared expected failures (xfailed) and errors show there. Floats that JSON
+cannot hold (NaN, inf) are written as null. Pairs are sorted by id, tests by node id, so equal
+computations give equal files whatever the order of execution (`schema.comparable` drops the
+volatile fields).
+
+Bump SCHEMA_VERSION (schema.py) when a field changes meaning or goes away; adding one is fine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+import platform
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from qcheck.analyses import ANALYSIS_VERSIONS
+from qcheck.report.schema import OUTCOMES, SCHEMA_ID, SCHEMA_VERSION
+
+PACKAGES = ("qcheck", "torch", "transformers", "transformer_lens", "numpy", "safetensors",
+            "matplotlib", "pytest", "pytest-xdist", "syrupy")
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def environment(device: str) -> dict:
+    return {"device": device, "python": platform.python_version(), "platform": platform.platform(),
+            "versions": package_versions()}
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON data: tuples become lists, NaN and inf become None, keys become strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if hasattr(value, "item"):  # a 0-d tensor or numpy scalar
+        return jsonable(value.item())
+    raise TypeError(f"{type(value).__name__} is not JSON data: {value!r}")
+
+
+def seeds(spec) -> dict[str, int | None]:
+    """Every seed a pair's numbers depend on, read from where each is defined."""
+    from qcheck.analyses.fidelity import compare_outputs
+    from qcheck.basis import SAE_SEED
+    from qcheck.pair import INDUCTION_SEED
+
+    return {"induction": INDUCTION_SEED, "sae": SAE_SEED,
+            "calibration": spec.seed if spec.needs_calibration else None,
+            # the certification test calls compare_outputs with its default seed
+            "fidelity_bootstrap": inspect.signature(compare_outputs).parameters["seed"].default}
+
+
+def entry_for_pair(pair, worker: str) -> dict:
+    """What identifies a pair: model, quantizer, digests, calibration, seeds (and this build)."""
+    from qcheck.quantize.cache import model_digest
+
+    quantized, model, cfg = pair.quantized, pair.model, getattr(pair.fp_bridge, "cfg", None)
+    return jsonable({
+        "id": pair.case.id,
+        "model": {"name": model.spec.name, "kind": model.spec.kind, "location": model.spec.location,
+                  "n_params": model.n_params, "n_layers": getattr(cfg, "n_layers", None),
+                  "n_heads": getattr(cfg, "n_heads", None), "d_model": getattr(cfg, "d_model", None),
+                  "weight_digest": quantized.weight_digest},
+        "quant": {"spec": str(quantized.spec), "fields": dataclasses.asdict(quantized.spec),
+                  "weight_digest": model_digest(quantized.model), "cache_key": quantized.key,
+                  "calibration": {"source": quantized.calibration_source,
+                                  "digest": quantized.calibration_digest}},
+        "seeds": seeds(quantized.spec),
+        "builds": [{"worker": worker, "from_cache": quantized.from_cache,
+                    "seconds": quantized.report.seconds}],
+    })
+
+
+def entry_for_test(*, nodeid: str, pair_id: str, analysis: str, outcome: str, result=None,
+                thresholds=None, expected_failure: str | None = None, device: str | None = None,
+                duration: float = 0.0) -> dict:
+    """One test: its outcome, and if it recorded a result, the verdict and every metric."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome {outcome!r}: expected one of {OUTCOMES}")
+    failures, notes, verdict, metrics = [], [], None, None
+    if result is not None:
+        try:
+            failures = list(result.failures(thresholds))
+        except ValueError as error:  # e.g. a result computed under another induction rule
+            failures = [f"verdict not computed: {error}"]
+        notes, metrics = list(result.notes()), result.as_baseline()
+        verdict = "fail" if failures else "pass"
+    return jsonable({
+        "nodeid": nodeid, "pair": pair_id, "analysis": analysis,
+        "analysis_version": ANALYSIS_VERSIONS.get(analysis), "outcome": outcome,
+        "verdict": verdict, "failures": failures, "notes": notes, "expected_failure": expected_failure,
+        "thresholds": dataclasses.asdict(thresholds) if thresholds is not None else None,
+        "device": device, "metrics": metrics, "duration": duration})
+
+
+def outcome_of(phases: dict[str, Any]) -> str:
+    """One outcome from pytest's reports of a test's phases ({"setup": report, "call": ...}).
+
+    A report is duck-typed: `.passed`, `.failed`, `.skipped` and, for xfail, `.wasxfail`.
+    """
+    setup, call, teardown = (phases.get(p) for p in ("setup", "call", "teardown"))
+    if setup is not None and setup.failed:
+        return "error"
+    main = call if call is not None else setup
+    if main is None:
+        return "error"
+    if hasattr(main, "wasxfail"):
+        outcome = "xfailed" if main.skipped else "xpassed"
+    else:
+        outcome = "skipped" if main.skipped else "failed" if main.failed else "passed"
+    if teardown is not None and teardown.failed and outcome in ("passed", "xpassed", "skipped"):
+        return "error"
+    return outcome
+
+
+def results_document(*, run: dict, environment: dict, pairs: list[dict], tests: list[dict]) -> dict:
+    return {"schema": SCHEMA_ID, "schema_version": SCHEMA_VERSION, "run": run,
+            "environment": environment, "pairs": sorted(pairs, key=lambda p: p["id"]),
+            "tests": sorted(tests, key=lambda t: (t["nodeid"], t["pair"]))}
+
+
+def dumps(data: Any) -> str:
+    """Stable JSON text (strict: no NaN), two-space indent, newline at the end."""
+    return json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write `path` whole or not at all: a temporary file in the same directory, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_results(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+

@@ -1,0 +1,135 @@
+"""One pytest process's part of a report, and the controller's whole.
+
+Every process (serial run, xdist worker) observes its tests' outcomes and, at session end, turns
+the results its QcheckSession recorded into a partial (merge.py). A worker hands its partial to
+the controller (xdist's `workeroutput`); the controller merges its own and the workers' once,
+writes the report directory if asked (write.py) and prints the summary. The plugin's hooks only
+call the methods here; nothing imports pytest.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+from qcheck.report.certificate import failed_lines
+from qcheck.report.merge import merge
+from qcheck.report.results import dumps, entry_for_pair, entry_for_test, environment, outcome_of
+from qcheck.report.table import pair_table, scaling_table, to_text
+from qcheck.report.write import check_directory, write_report
+
+WORKEROUTPUT_KEY = "qcheck_report"   # config.workeroutput[...] = a partial, as JSON text
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ReportRun:
+    def __init__(self, *, directory: Path | None, worker: str | None, args: list[str], device: str) -> None:
+        """worker: the xdist worker id in a worker, None in the controller (or a serial run)."""
+        self.directory, self.worker, self.args, self.device = directory, worker, list(args), device
+        self.started = _now()
+        self.notes: list[str] = []
+        self._observed: dict[str, dict] = {}   # nodeid -> {case, analysis, phases}
+        self._partials: list[dict] = []
+        self.results: dict | None = None
+
+    @classmethod
+    def from_options(cls, *, directory: str | None, worker: str | None, args, device: str) -> "ReportRun":
+        """Checks the report directory in the controller (ValueError naming it); see write.py."""
+        run = cls(directory=Path(directory).expanduser() if directory else None, worker=worker,
+                  args=args, device=device)
+        if run.directory is not None and worker is None:
+            note = check_directory(run.directory)
+            if note:
+                run.notes.append(note)
+        return run
+
+    # --- every process ---------------------------------------------------------------------
+    def observe(self, nodeid: str, case, analysis: str, report) -> None:
+        """Keep one phase's outcome (`report` is pytest's TestReport, duck-typed)."""
+        entry = self._observed.setdefault(nodeid, {"case": case, "analysis": analysis, "phases": {}})
+        kept = SimpleNamespace(passed=report.passed, failed=report.failed, skipped=report.skipped,
+                               duration=getattr(report, "duration", 0.0))
+        if hasattr(report, "wasxfail"):
+            kept.wasxfail = report.wasxfail
+        entry["phases"][report.when] = kept
+
+    def partial(self, session) -> dict:
+        """This process's pairs and tests from `session.results` (QcheckSession) and what it observed."""
+        worker = self.worker or "main"
+        pairs: dict[str, dict] = {}
+        tests, recorded = [], set()
+        for case, analysis, nodeid, result in session.results:
+            if case.id not in pairs:
+                pairs[case.id] = entry_for_pair(session.pair(case), worker)  # memoized: no rebuild
+            tests.append(self._test(session, nodeid, case, analysis, result))
+            recorded.add(nodeid)
+        for nodeid, seen in self._observed.items():
+            if nodeid not in recorded and "setup" in seen["phases"]:
+                if seen["phases"]["setup"].skipped and not hasattr(seen["phases"]["setup"], "wasxfail"):
+                    continue  # skipped before running: not a certification result
+                tests.append(self._test(session, nodeid, seen["case"], seen["analysis"], None))
+        return {"worker": worker, "pairs": list(pairs.values()), "tests": tests, "notes": list(self.notes)}
+
+    def _test(self, session, nodeid: str, case, analysis: str, result) -> dict:
+        seen = self._observed.get(nodeid, {"phases": {}})
+        expected = session.expected_failure(case, analysis)
+        return entry_for_test(
+            nodeid=nodeid, pair_id=case.id, analysis=analysis,
+            # no phase seen for a recorded result: its report went missing; do not guess "passed"
+            outcome=outcome_of(seen["phases"]) if seen["phases"] else "error",
+            result=result, thresholds=session.thresholds_for(case.model),
+            expected_failure=expected.reason if expected else None, device=session.device,
+            duration=sum(p.duration for p in seen["phases"].values()))
+
+    def worker_output(self, session) -> str:
+        return dumps(self.partial(session))
+
+    # --- the controller --------------------------------------------------------------------
+    def add_worker(self, worker: str, output: dict | None, error) -> None:
+        """A worker went down: keep its partial, or note that its results are missing."""
+        text = (output or {}).get(WORKEROUTPUT_KEY)
+        if text:
+            self._partials.append(json.loads(text))
+        elif error is not None or output is not None:
+            self.notes.append(f"xdist worker {worker} sent no qcheck results"
+                              + (f" (it went down: {str(error).strip().splitlines()[-1]})" if error else ""))
+
+    def finish(self, session) -> dict | None:
+        """Merge, write the report directory if asked; the merged results (None if nothing ran)."""
+        partials = [*self._partials, self.partial(session)]
+        run = {"started": self.started, "finished": _now(), "args": self.args, "notes": list(self.notes),
+               "files": []}
+        results = merge(partials, run=run, environment=environment(self.device))
+        if not results["tests"] and self.directory is None:
+            return None
+        if self.directory is not None:
+            write_report(results, self.directory)
+        self.results = results
+        return results
+
+    def summary_lines(self, *, verbosity: int, width: int = 120) -> list[str]:
+        """The terminal summary: the scaling table, the per-pair table (unless -q) and the
+        failed verdicts, one line each, cut at `width`."""
+        if not self.results or not self.results["tests"]:
+            return [f"report written to {self.directory}"] if self.directory else []
+        lines: list[str] = []
+        tables = [scaling_table(self.results)] + ([pair_table(self.results)] if verbosity >= 0 else [])
+        for t in tables:
+            if t is not None:
+                lines += [*to_text(t), ""]
+        failed = failed_lines(self.results)
+        if failed:
+            lines += ["failed threshold verdicts:", *(_cut(f"  {line}", width) for line in failed), ""]
+        lines += self.results["run"]["notes"]
+        if self.directory is not None:
+            lines.append(f"report: {self.directory / 'index.html'}")
+        return lines
+
+
+def _cut(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: width - 1] + "…"

@@ -1,0 +1,150 @@
+"""The JSON Schema of results.json (a subset of draft 2020-12) and a small validator for it.
+
+The schema is the documentation of the format: every field has a description. Print it as a file
+for other tools with `python -m qcheck.report.schema > results.schema.json`.
+
+`validate` checks the subset used here (type, required, properties, additionalProperties, items,
+enum, const, minimum) and returns readable problems ("tests[3].outcome: 'weird' is not one of
+..."); the `jsonschema` package would do the same for this schema but is not a dependency.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+SCHEMA_ID = "qcheck.results"
+SCHEMA_VERSION = 1
+
+OUTCOMES = ("passed", "failed", "xfailed", "xpassed", "skipped", "error")
+VERDICTS = ("pass", "fail")
+
+_STR, _NUM, _INT, _BOOL = {"type": "string"}, {"type": "number"}, {"type": "integer"}, {"type": "boolean"}
+
+
+def _opt(schema: dict) -> dict:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _obj(description: str, properties: dict, *, extra: Any = False, required=None) -> dict:
+    return {"type": "object", "description": description, "properties": properties,
+            "required": list(properties) if required is None else required, "additionalProperties": extra}
+
+
+_STRINGS = {"type": "array", "items": _STR}
+
+PAIR = _obj("One (model, quantizer) case: exactly what was certified.", {
+    "id": {**_STR, "description": "the case id used in test ids, MODEL-QUANT"},
+    "model": _obj("The FP model.", {
+        "name": _STR, "kind": {"enum": ["zoo", "local", "hub"]}, "location": _STR,
+        "n_params": {**_INT, "description": "parameters of the FP HF module"},
+        "n_layers": _opt(_INT), "n_heads": _opt(_INT), "d_model": _opt(_INT),
+        "weight_digest": {**_STR, "description": "sha256 over the FP state_dict (quantize/cache.py model_digest)"}}),
+    "quant": _obj("The quantizer and the quantized weights.", {
+        "spec": {**_STR, "description": "canonical QuantSpec short form, e.g. gptq-w4-g128-act"},
+        "fields": {"type": "object", "description": "every QuantSpec field (quantize/spec.py)"},
+        "weight_digest": {**_STR, "description": "sha256 over the quantized model's state_dict"},
+        "cache_key": _STR,
+        "calibration": _obj("Calibration data; null fields for methods without (RTN).",
+                            {"source": _opt(_STR), "digest": _opt(_STR)})}),
+    "seeds": {"type": "object", "description": "every seed the pair's numbers depend on",
+              "additionalProperties": {"type": ["integer", "null"]}},
+    "builds": {"type": "array", "description": "volatile: one entry per process that built the pair",
+               "items": _obj("", {"worker": _STR, "from_cache": _BOOL, "seconds": _NUM})},
+})
+
+TEST = _obj("One certification test (one analysis of one pair).", {
+    "nodeid": _STR, "pair": {**_STR, "description": "pairs[].id"},
+    "analysis": {**_STR, "description": "the test's analysis marker (activations, attention, ...)"},
+    "analysis_version": {"type": ["integer", "null"],
+                         "description": "qcheck.analyses.ANALYSIS_VERSIONS: bumped when its numbers change meaning"},
+    "outcome": {"enum": list(OUTCOMES), "description": "pytest's outcome, baseline drift included"},
+    "verdict": {"enum": [*VERDICTS, None],
+                "description": "the threshold claim: fail if `failures` is not empty; null if no result"},
+    "failures": {**_STRINGS, "description": "why the threshold verdict failed, worst element first"},
+    "notes": {**_STRINGS, "description": "caveats that do not fail the verdict"},
+    "expected_failure": {"type": ["string", "null"],
+                         "description": "reason from tests/certify/expected_failures.toml, if declared"},
+    "thresholds": {"type": ["object", "null"], "description": "qcheck.config.Thresholds as used"},
+    "device": _opt(_STR),
+    "metrics": {"type": ["object", "null"],
+                "description": "the result's as_baseline(): per element (L3, L3H1, F12) and 'summary'"},
+    "duration": {**_NUM, "minimum": 0, "description": "volatile: seconds, setup + call + teardown"},
+})
+
+SCHEMA = _obj("qcheck results: every metric of every (model, quantizer, analysis) of one run.", {
+    "schema": {"const": SCHEMA_ID},
+    "schema_version": {"const": SCHEMA_VERSION},
+    "run": _obj("volatile: when and how the run happened", {
+        "started": {**_STR, "description": "ISO 8601, UTC"}, "finished": _STR,
+        "args": {**_STRINGS, "description": "pytest's command-line arguments"},
+        "workers": {**_STRINGS, "description": "xdist worker ids that sent results; [] when serial"},
+        "notes": {**_STRINGS, "description": "problems of the run itself (a worker that went down)"},
+        "files": {**_STRINGS, "description": "every file of the report, relative to its directory"}}),
+    "environment": _obj("where the numbers were computed", {
+        "device": {**_STR, "description": "--qcheck-device as given"},
+        "python": _STR, "platform": _STR,
+        "versions": {"type": "object", "additionalProperties": _opt(_STR),
+                     "description": "package versions (importlib.metadata); null if not installed"}}),
+    "pairs": {"type": "array", "items": PAIR},
+    "tests": {"type": "array", "items": TEST},
+})
+
+# Dropped by `comparable`: what differs between two runs that computed the same numbers.
+VOLATILE = {"run": None, "pairs": ("builds",), "tests": ("duration",)}
+
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, _TYPES[kind])
+
+
+def validate(value: Any, schema: dict = SCHEMA, where: str = "") -> list[str]:
+    """Problems of `value` against `schema`, each prefixed by its path; [] if it conforms."""
+    at = where or "(top)"
+    if "const" in schema and value != schema["const"]:
+        return [f"{at}: {value!r} is not {schema['const']!r}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{at}: {value!r} is not one of {schema['enum']}"]
+    kinds = schema.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not any(_is(value, k) for k in kinds):
+            return [f"{at}: expected {' or '.join(kinds)}, got {type(value).__name__}"]
+    if "minimum" in schema and _is(value, "number") and value < schema["minimum"]:
+        return [f"{at}: {value} < {schema['minimum']}"]
+    problems: list[str] = []
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        problems += [f"{at}: missing {key!r}" for key in schema.get("required", []) if key not in value]
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in properties:
+                problems += validate(item, properties[key], f"{where}.{key}" if where else key)
+            elif extra is False:
+                problems.append(f"{at}: unexpected key {key!r}")
+            elif isinstance(extra, dict):
+                problems += validate(item, extra, f"{where}.{key}" if where else key)
+    if isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            problems += validate(item, schema["items"], f"{where}[{index}]")
+    return problems
+
+
+def comparable(results: dict) -> dict:
+    """`results` without its volatile fields (VOLATILE): equal for equal computations."""
+    out = {k: v for k, v in results.items() if k != "run"}
+    for section, keys in VOLATILE.items():
+        if keys and section in out:
+            out[section] = [{k: v for k, v in item.items() if k not in keys} for item in out[section]]
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema",
+                      "$id": f"{SCHEMA_ID}/v{SCHEMA_VERSION}", **SCHEMA}, indent=2))

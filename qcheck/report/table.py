@@ -1,0 +1,198 @@
+"""The scaling table (the study's headline: induction-head survival and FP-vs-quantized score
+correlation per model, RTN vs GPTQ at each bit width) and a per-pair table of the other
+analyses' headline numbers. Built from a results document; rendered as text (the terminal),
+Markdown and HTML.
+
+Survival is counted under each test's own rule (Thresholds.induction_rule): "n/N (p%)" of the FP
+induction heads, "no heads" when FP has none (nothing to certify), "–" when not measured.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+MISSING = "–"
+_BITS = re.compile(r"-w(\d+)")
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    note: str = ""
+    left: tuple[int, ...] = (0,)  # columns aligned left (names, words); numbers align right
+
+    def is_left(self, column: int) -> bool:
+        return column in self.left
+
+
+def fmt_params(n: int | None) -> str:
+    """124M, 1.4B, 133k: the study's way of writing sizes."""
+    if n is None:
+        return MISSING
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            value = n / size
+            return f"{value:.1f}{unit}" if value < 10 and unit != "k" else f"{value:.0f}{unit}"
+    return str(n)
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def _sci(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.2g}"
+
+
+def method_and_bits(spec: str) -> tuple[str, int | None]:
+    """("gptq-g128-act", 4) from "gptq-w4-g128-act": the quantizer without its bit width."""
+    found = _BITS.search(spec)
+    if not found:
+        return spec, None
+    return spec[:found.start()] + spec[found.end():], int(found.group(1))
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    return ({"rtn": 0, "gptq": 1}.get(method, 2), method)
+
+
+class Index:
+    """Lookups into a results document: pairs by id, the test of (pair, analysis)."""
+
+    def __init__(self, results: dict) -> None:
+        self.pairs = {p["id"]: p for p in results["pairs"]}
+        self.tests: dict[tuple[str, str], dict] = {}
+        for test in results["tests"]:
+            self.tests.setdefault((test["pair"], test["analysis"]), test)
+        ids = {t["pair"] for t in results["tests"]} | set(self.pairs)
+        self.pair_ids = sorted(ids, key=self._order)
+
+    def model_and_quant(self, pair_id: str) -> tuple[str, str]:
+        pair = self.pairs.get(pair_id)
+        if pair is not None:
+            return pair["model"]["name"], pair["quant"]["spec"]
+        test = next(t for (p, _), t in self.tests.items() if p == pair_id)
+        case = re.search(r"\[(.*)\]$", test["nodeid"])
+        return pair_id, case.group(1) if case else pair_id  # unbuilt pair: best effort
+
+    def n_params(self, pair_id: str) -> int | None:
+        pair = self.pairs.get(pair_id)
+        return pair["model"]["n_params"] if pair else None
+
+    def _order(self, pair_id: str):
+        params = self.n_params(pair_id)
+        model, quant = self.model_and_quant(pair_id)
+        method, bits = method_and_bits(quant)
+        return (params is None, params or 0, model, -(bits or 0), _method_order(method))
+
+    def summary(self, pair_id: str, analysis: str) -> dict | None:
+        test = self.tests.get((pair_id, analysis))
+        return (test.get("metrics") or {}).get("summary") if test else None
+
+    def circuits(self, pair_id: str) -> tuple[str, str]:
+        """(survival cell, correlation cell) of a pair."""
+        test = self.tests.get((pair_id, "circuits"))
+        if not test or not test.get("metrics"):
+            return MISSING, MISSING
+        metrics = test["metrics"]
+        outcome = metrics.get(metrics["summary"]["rule"], {})
+        detected, survived = outcome.get("n_detected", 0), outcome.get("n_survived", 0)
+        cell = "no heads" if not detected else f"{survived}/{detected} ({survived / detected:.0%})"
+        return cell, _num(metrics["summary"].get("correlation"))
+
+
+def _rules_note(results: dict) -> str:
+    rules = sorted({(t.get("thresholds") or {}).get("induction_rule") for t in results["tests"]
+                    if t["analysis"] == "circuits"} - {None})
+    text = {"fixed": "fixed rule: score > 0.4 before and after",
+            "relative": "relative rule: FP > mean + 2σ of FP scores, survives above half of it"}
+    return "induction heads under the " + "; ".join(text[r] for r in rules) if rules else ""
+
+
+def scaling_table(results: dict) -> Table | None:
+    """The study's table: one row per (model, bit width), a survival and a correlation column per
+    quantizer method; None if no circuits result is present."""
+    index = Index(results)
+    cells: dict[tuple[str, int | None], dict[str, tuple[str, str]]] = {}
+    params: dict[str, int | None] = {}
+    methods: set[str] = set()
+    for pair_id in index.pair_ids:
+        if (pair_id, "circuits") not in index.tests:
+            continue
+        model, quant = index.model_and_quant(pair_id)
+        method, bits = method_and_bits(quant)
+        methods.add(method)
+        params[model] = index.n_params(pair_id)
+        cells.setdefault((model, bits), {})[method] = index.circuits(pair_id)
+    if not cells:
+        return None
+    order = sorted(methods, key=_method_order)
+    headers = ("model", "params", "bits", *(f"{m} survival" for m in order), *(f"{m} corr" for m in order))
+    rows = []
+    for (model, bits), by_method in cells.items():  # insertion order follows index.pair_ids
+        survival = [by_method.get(m, (MISSING, MISSING))[0] for m in order]
+        corr = [by_method.get(m, (MISSING, MISSING))[1] for m in order]
+        rows.append((model, fmt_params(params[model]), f"w{bits}" if bits else MISSING, *survival, *corr))
+    return Table("Induction heads: survival and FP-vs-quantized score correlation", headers,
+                 tuple(rows), note=_rules_note(results))
+
+
+def pair_table(results: dict) -> Table | None:
+    """One row per pair: every analysis's headline number and the threshold verdicts."""
+    index = Index(results)
+    if not index.pair_ids:
+        return None
+    rows = []
+    for pair_id in index.pair_ids:
+        model, quant = index.model_and_quant(pair_id)
+        survival, corr = index.circuits(pair_id)
+        get = lambda analysis, key: (index.summary(pair_id, analysis) or {}).get(key)  # noqa: E731
+        failed = [a for (p, a), t in sorted(index.tests.items()) if p == pair_id and t["verdict"] == "fail"]
+        errors = [a for (p, a), t in sorted(index.tests.items()) if p == pair_id and t["verdict"] is None]
+        verdict = ("fail: " + ", ".join(failed) if failed else "pass") + (
+            f" (no result: {', '.join(errors)})" if errors else "")
+        rows.append((model, quant, fmt_params(index.n_params(pair_id)), survival, corr,
+                     _num(get("activations", "min_resid_cosine")), _sci(get("attention", "mean_jsd")),
+                     _num(get("features", "survival"), 2), _sci(get("fidelity", "kl")), verdict))
+    headers = ("model", "quant", "params", "induction", "ind. corr", "min resid cos", "mean JSD",
+               "SAE survival", "final KL", "threshold verdicts")
+    return Table("Per (model, quantizer)", headers, tuple(rows),
+                 note="mean JSD in bits; final KL(FP‖quant) of the next-token distribution, nats",
+                 left=(0, 1, len(headers) - 1))
+
+
+def to_text(table: Table) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in table.rows)) for i, h in enumerate(table.headers)]
+
+    def line(cells) -> str:
+        return "  ".join(c.ljust(w) if table.is_left(i) else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [table.title, line(table.headers), "  ".join("-" * w for w in widths)]
+    out += [line(row) for row in table.rows]
+    return out + ([f"({table.note})"] if table.note else [])
+
+
+def to_markdown(table: Table) -> str:
+    def line(cells) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---" if table.is_left(i) else "---:" for i in range(len(table.headers))]
+    parts = [f"**{table.title}**", "", line(table.headers), "|" + "|".join(align) + "|",
+             *(line(r) for r in table.rows)]
+    return "\n".join(parts + ([f"\n_{table.note}_"] if table.note else [])) + "\n"
+
+
+def to_html(table: Table) -> str:
+    def cells(tag: str, row) -> str:
+        return "".join(f'<{tag} class="{"l" if table.is_left(i) else "r"}">{html.escape(c)}</{tag}>'
+                       for i, c in enumerate(row))
+
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in table.rows)
+    note = f'<p class="note">{html.escape(table.note)}</p>' if table.note else ""
+    return (f"<h2>{html.escape(table.title)}</h2><table><thead><tr>{cells('th', table.headers)}"
+            f"</tr></thead><tbody>{body}</tbody></table>{note}")

@@ -1,0 +1,234 @@
+"""The baselines machinery end to end (pytester): a fake certification suite, no model.
+
+The fake suite has one test file, tests/certify/test_fake.py, with two test ids that assert a
+threshold and then their baseline; each reads its result from results/<case>.json, so a test here
+plants drift by rewriting that file. Its conftest supplies the header the real `baseline_header`
+fixture builds from a (model, quantizer) pair. Baselines land in <pytester dir>/baselines/.
+"""
+
+import json
+
+import pytest
+
+CASES = ("m1-rtn-w4", "m2-rtn-w4")
+FILE = "baselines/certify/test_fake/test_fake[{}].json"
+
+FAKE_TEST = f"""
+import json, pathlib, pytest
+
+pytestmark = pytest.mark.activations
+RESULTS = pathlib.Path(__file__).parents[2] / "results"
+
+@pytest.mark.parametrize("case", {list(CASES)!r})
+def test_fake(case, baseline):
+    result = json.loads((RESULTS / f"{{case}}.json").read_text())
+    assert result["summary"]["min_resid_cosine"] >= 0.9, "threshold"
+    assert result == baseline
+"""
+
+CONFTEST = """
+import pytest
+from qcheck.drift import Header
+
+pytest_plugins = ["qcheck.baselines"]
+
+@pytest.fixture
+def baseline_header(request):
+    return Header(model=request.node.callspec.params["case"], weight_digest={weight_digest!r},
+                  quant="rtn-w4", calibration_digest=None, analysis="activations",
+                  analysis_version=1, dtype="float32", device={device!r})
+"""
+
+
+def result(cosine_l1: float = 0.991234567, noise: float = 0.0) -> dict:
+    """A synthetic as_baseline() dict; `noise` scales every float by (1 + noise)."""
+    r = {"n_tokens": 120,
+         "hook_resid_post": {"L0": {"cosine": 0.998123456, "l2": 0.52}, "L1": {"cosine": cosine_l1, "l2": 1.3}},
+         "survived": ["L0H1", "L1H2"],
+         "summary": {"min_resid_cosine": min(0.998123456, cosine_l1), "rule": "fixed"}}
+
+    def scale(value):
+        if isinstance(value, dict):
+            return {k: scale(v) for k, v in value.items()}
+        return value * (1 + noise) if isinstance(value, float) else value
+    return scale(r)
+
+
+@pytest.fixture
+def suite(pytester):
+    pytester.makeini("[pytest]\nmarkers =\n    activations: a\n")
+    pytester.mkdir("tests")
+    pytester.mkdir("tests/certify")
+    pytester.path.joinpath("tests/certify/test_fake.py").write_text(FAKE_TEST)
+    pytester.mkdir("results")
+    header(pytester)
+    for case in CASES:
+        plant(pytester, case, result())
+    return pytester
+
+
+def header(pytester, *, device: str = "cpu", weight_digest: str = "a" * 64) -> None:
+    pytester.makeconftest(CONFTEST.format(device=device, weight_digest=weight_digest))
+
+
+def plant(pytester, case: str, value: dict) -> None:
+    pytester.path.joinpath("results", f"{case}.json").write_text(json.dumps(value))
+
+
+def stored(pytester, case: str) -> bytes:
+    return pytester.path.joinpath(FILE.format(case)).read_bytes()
+
+
+def shows(outcome, *fragments: str) -> None:
+    """Each fragment appears in the run's output (plain substrings: test ids have brackets)."""
+    text = outcome.stdout.str()
+    missing = [f for f in fragments if f not in text]
+    assert not missing, f"not in the output: {missing}\n{text}"
+
+
+def record(pytester) -> None:
+    pytester.runpytest("--snapshot-update").assert_outcomes(passed=len(CASES))
+
+
+def test_update_writes_one_rounded_file_per_test_id_with_its_header(suite):
+    record(suite)
+    document = json.loads(stored(suite, "m1-rtn-w4"))
+    assert document["header"] == {"model": "m1-rtn-w4", "weight_digest": "a" * 64, "quant": "rtn-w4",
+                                  "calibration_digest": None, "analysis": "activations",
+                                  "analysis_version": 1, "dtype": "float32", "device": "cpu",
+                                  "basis_digest": None}
+    assert document["results"]["hook_resid_post"]["L1"]["cosine"] == 0.991235  # 6 significant digits
+    assert stored(suite, "m2-rtn-w4")
+
+
+def test_planted_drift_fails_naming_the_element_old_new_and_direction(suite):
+    record(suite)
+    before = stored(suite, "m1-rtn-w4")
+    plant(suite, "m1-rtn-w4", result(cosine_l1=0.95))
+    outcome = suite.runpytest("-vv")
+    outcome.assert_outcomes(passed=1, failed=1)
+    shows(outcome,
+          f"2 of 8 values in {FILE.format('m1-rtn-w4')} moved beyond tolerance (2 worse):",
+          "summary.min_resid_cosine   0.991235 → 0.95 (-4.16%)  worse",
+          "hook_resid_post.L1.cosine  0.991235 → 0.95 (-4.16%)  worse",
+          "If the change is intended: `pytest --snapshot-update`, review `git diff baselines/`, commit.")
+    assert "hook_resid_post.L0" not in outcome.stdout.str()  # only what moved is named
+    assert stored(suite, "m1-rtn-w4") == before
+
+
+def test_improvement_and_a_lost_head_are_told_apart(suite):
+    record(suite)
+    better = result(cosine_l1=0.996)
+    better["survived"] = ["L0H1"]
+    plant(suite, "m1-rtn-w4", better)
+    outcome = suite.runpytest("-vv")
+    outcome.assert_outcomes(passed=1, failed=1)
+    shows(outcome, "hook_resid_post.L1.cosine  0.991235 → 0.996 (+0.48%)  better",
+          'survived                   ["L0H1", "L1H2"] → ["L0H1"]  worse')
+
+
+@pytest.mark.parametrize("update", [[], ["--snapshot-update"]], ids=["check", "update"])
+def test_noise_within_tolerance_passes_and_leaves_the_files_byte_identical(suite, update):
+    record(suite)
+    before = {case: stored(suite, case) for case in CASES}
+    for case in CASES:
+        plant(suite, case, result(noise=3e-6))  # cross-machine float noise is ~1e-6 relative
+    outcome = suite.runpytest(*update)
+    outcome.assert_outcomes(passed=len(CASES))
+    assert {case: stored(suite, case) for case in CASES} == before
+    assert "updated" not in outcome.stdout.str()
+
+
+def test_update_rewrites_only_the_values_that_moved(suite):
+    record(suite)
+    before = json.loads(stored(suite, "m1-rtn-w4"))["results"]
+    plant(suite, "m1-rtn-w4", result(cosine_l1=0.95, noise=3e-6))  # one value moves, all get noise
+    suite.runpytest("--snapshot-update").assert_outcomes(passed=len(CASES))
+    after = json.loads(stored(suite, "m1-rtn-w4"))["results"]
+    assert after["hook_resid_post"]["L1"]["cosine"] == after["summary"]["min_resid_cosine"] == 0.950003
+    for values in (before, after):
+        values["hook_resid_post"]["L1"]["cosine"] = values["summary"]["min_resid_cosine"] = "moved"
+    assert after == before  # the noise did not reach the file: unmoved values kept their digits
+
+
+@pytest.mark.parametrize("select", [["-k", "m1"], ["--deselect", "tests/certify/test_fake.py::test_fake[m2-rtn-w4]"]],
+                         ids=["-k", "--deselect"])
+def test_update_of_a_selection_leaves_the_other_baselines_byte_identical(suite, select):
+    record(suite)
+    before = stored(suite, "m2-rtn-w4")
+    for case in CASES:
+        plant(suite, case, result(cosine_l1=0.95))
+    suite.runpytest("--snapshot-update", *select).assert_outcomes(passed=1, deselected=1)
+    assert json.loads(stored(suite, "m1-rtn-w4"))["results"]["hook_resid_post"]["L1"]["cosine"] == 0.95
+    assert stored(suite, "m2-rtn-w4") == before
+
+
+def test_missing_baseline_keeps_the_threshold_verdict_with_a_note(suite):
+    outcome = suite.runpytest()
+    outcome.assert_outcomes(passed=len(CASES), warnings=len(CASES))
+    shows(outcome, f"BaselineNotCompared: no baseline at {FILE.format('m1-rtn-w4')}: nothing was compared",
+          "qcheck baselines: 2 result(s) not compared (2 without a baseline, 0 recorded on another device")
+    assert not suite.path.joinpath("baselines").exists()
+
+
+def test_threshold_failure_still_fails_without_a_baseline(suite):
+    plant(suite, "m1-rtn-w4", result(cosine_l1=0.5))
+    suite.runpytest().assert_outcomes(passed=1, failed=1, warnings=1)
+
+
+def test_corrupt_baseline_is_an_error_naming_the_file_and_the_fix(suite):
+    record(suite)
+    suite.path.joinpath(FILE.format("m1-rtn-w4")).write_text('{"header": {,}')
+    outcome = suite.runpytest()
+    outcome.assert_outcomes(passed=1, failed=1)
+    shows(outcome, f"BaselineFileError: {FILE.format('m1-rtn-w4')} is not valid JSON (Expecting property name "
+                   f"enclosed in double quotes at line 1 column 13): fix it, or delete it and record it again "
+                   f"with `pytest --snapshot-update`")
+    suite.runpytest("--snapshot-update").assert_outcomes(passed=len(CASES))
+    assert stored(suite, "m1-rtn-w4") == stored(suite, "m2-rtn-w4").replace(b"m2-rtn-w4", b"m1-rtn-w4")
+
+
+def test_baseline_from_another_device_is_not_comparable_and_not_a_failure(suite):
+    record(suite)
+    header(suite, device="cuda")
+    plant(suite, "m1-rtn-w4", result(cosine_l1=0.95))  # would be drift on the same device
+    outcome = suite.runpytest()
+    outcome.assert_outcomes(passed=len(CASES), warnings=len(CASES))
+    shows(outcome, f"{FILE.format('m1-rtn-w4')} was recorded with device cpu, this run cuda: not comparable",
+          "qcheck baselines: 2 result(s) not compared (0 without a baseline, 2 recorded on another device")
+    assert "snapshot unused" not in outcome.stdout.str()
+    suite.runpytest("--snapshot-update").assert_outcomes(passed=len(CASES))
+    assert json.loads(stored(suite, "m1-rtn-w4"))["header"]["device"] == "cuda"  # replaced on request
+
+
+def test_changed_weight_digest_fails_as_a_real_change(suite):
+    record(suite)
+    header(suite, weight_digest="b" * 64)
+    outcome = suite.runpytest("-vv")
+    outcome.assert_outcomes(failed=len(CASES))
+    shows(outcome, f"{FILE.format('m1-rtn-w4')} was recorded for other inputs: the FP model's weights changed "
+                   f"(aaaaaaaaaaaa… → bbbbbbbbbbbb…).",
+          "That is a real change in what is measured, not noise: review it, then record it with "
+          "`pytest --snapshot-update`.")
+
+
+def test_a_test_that_stops_at_its_threshold_keeps_its_baseline(suite):
+    record(suite)
+    before = stored(suite, "m1-rtn-w4")
+    plant(suite, "m1-rtn-w4", result(cosine_l1=0.5))
+    outcome = suite.runpytest()
+    outcome.assert_outcomes(passed=1, failed=1)
+    assert "unused" not in outcome.stdout.str()
+    suite.runpytest("--snapshot-update").assert_outcomes(passed=1, failed=1)
+    assert stored(suite, "m1-rtn-w4") == before
+
+
+def test_a_baseline_no_test_id_claims_is_still_reported_unused(suite):
+    record(suite)
+    orphan = suite.path.joinpath(FILE.format("m9-rtn-w4"))
+    orphan.write_bytes(stored(suite, "m1-rtn-w4"))
+    outcome = suite.runpytest()
+    shows(outcome, "1 snapshot unused.")
+    assert outcome.ret != 0
+    suite.runpytest("--snapshot-update")
+    assert not orphan.exists()

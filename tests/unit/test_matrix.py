@@ -1,0 +1,48 @@
+"""The certification matrix: default cases, command-line additions, deselection, expected failures."""
+
+import pytest
+
+from qcheck.matrix import (DEFAULT_QUANTS, Case, build_cases, expected_failure, is_selected,
+                           load_expected_failures)
+
+ZOO = ["zoo-a", "zoo-b"]
+
+
+def test_default_matrix_is_every_zoo_model_times_the_default_quantizers():
+    cases = build_cases(ZOO, [], [])
+    assert cases == [Case(m, q) for m in ZOO for q in DEFAULT_QUANTS]
+
+
+def test_command_line_adds_cases_and_never_removes_default_ones():
+    cases = build_cases(ZOO, ["gpt2"], ["gptq-w4-g128-act"])
+    assert set(build_cases(ZOO, [], [])) <= set(cases)
+    assert Case("gpt2", "gptq-w4-g128-act") in cases
+    assert Case("zoo-a", "gptq-w4-g128-act") not in cases  # only the named model gets the named quant
+
+
+def test_a_named_model_alone_gets_every_default_quantizer():
+    cases = build_cases(ZOO, ["gpt2"], [])
+    assert {c.quant for c in cases if c.model == "gpt2"} == set(DEFAULT_QUANTS)
+
+
+def test_selection_follows_the_command_line():
+    assert is_selected(Case("zoo-a", "rtn-w4"), [], [])
+    assert not is_selected(Case("zoo-a", "rtn-w4"), ["zoo-b"], [])
+    assert not is_selected(Case("zoo-a", "rtn-w4"), [], ["gptq-w4"])
+    assert is_selected(Case("zoo-a", "gptq-w4"), ["zoo-a"], ["gptq-w4"])
+
+
+def test_expected_failures_file(tmp_path):
+    path = tmp_path / "expected.toml"
+    path.write_text('[[xfail]]\nmodel = "zoo-*"\nquant = "rtn-w2"\nanalysis = "circuits"\nreason = "2 bits"\n')
+    declared = load_expected_failures(path)
+    assert expected_failure(declared, Case("zoo-a", "rtn-w2"), "circuits").reason == "2 bits"
+    assert expected_failure(declared, Case("zoo-a", "rtn-w2"), "attention") is None
+    assert expected_failure(declared, Case("gpt2", "rtn-w2"), "circuits") is None
+
+
+def test_expected_failures_entry_must_say_why(tmp_path):
+    path = tmp_path / "expected.toml"
+    path.write_text('[[xfail]]\nmodel = "zoo-*"\nquant = "rtn-w2"\nanalysis = "circuits"\n')
+    with pytest.raises(ValueError, match="entry 0 lacks reason"):
+        load_expected_failures(path)

@@ -1,0 +1,58 @@
+"""The plugin end to end (pytester): bad command-line values stop the run at collection with one
+message naming the value and the fix; narrowing deselects and never shrinks the matrix."""
+
+import pytest
+
+CERTIFY_TEST = """
+import pytest
+@pytest.mark.activations
+def test_certify(pair):
+    pass
+"""
+
+
+@pytest.fixture
+def suite(pytester):
+    pytester.makeconftest('pytest_plugins = ["qcheck.plugin"]')
+    pytester.makeini("[pytest]\nmarkers =\n    activations: a\n    xdist_group(name): g\n")
+    pytester.makepyfile(test_certify=CERTIFY_TEST)
+    return pytester
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--qcheck-quant", "rtn-w9"], "bad quantization spec 'rtn-w9'"),
+    (["--qcheck-quant", "gptq-w4-g100"], "bad quantization spec 'gptq-w4-g100'"),
+    (["--qcheck-model", "zoo-nope"], "--qcheck-model zoo-nope: unknown zoo model"),
+    (["--qcheck-device", "tpu"], "--qcheck-device 'tpu': expected auto, cpu, cuda or cuda:N"),
+    (["--qcheck-threshold", "nope=1"], "unknown threshold 'nope'"),
+])
+def test_bad_option_is_one_usage_error(suite, args, message):
+    result = suite.runpytest(*args, "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
+
+
+def test_hub_model_offline_is_one_usage_error(suite, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(suite.path / "empty-hf-home"))
+    result = suite.runpytest_subprocess("--qcheck-model", "gpt2", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--qcheck-model gpt2: model 'gpt2' has no local weights*HF_HUB_OFFLINE=1*"])
+
+
+def test_narrowing_deselects_and_keeps_the_whole_matrix(suite):
+    from qcheck.matrix import DEFAULT_QUANTS
+    from qcheck.models.registry import zoo_names
+
+    everything = len(zoo_names()) * len(DEFAULT_QUANTS)
+    result = suite.runpytest("--collect-only", "-q", "--qcheck-model", zoo_names()[0],
+                             "--qcheck-quant", "rtn-w4")
+    result.assert_outcomes()
+    result.stdout.fnmatch_lines([f"1/{everything} tests collected ({everything - 1} deselected)*"])
+
+
+def test_named_quantizer_is_added_to_the_matrix(suite):
+    from qcheck.models.registry import zoo_names
+
+    result = suite.runpytest("--collect-only", "-q", "--qcheck-quant", "gptq-w4-g16-act")
+    result.stdout.fnmatch_lines([f"*test_certify*{zoo_names()[0]}-gptq-w4-g16-act*"])

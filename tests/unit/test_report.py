@@ -1,0 +1,250 @@
+"""Reports from synthetic results (report_data.py; no model): results.json conforms to its schema,
+merging xdist partials equals the serial document, index.html refers only to files that exist,
+plots are real PNGs, a second report replaces the first, and the tables say what the study's did."""
+
+import json
+import re
+import struct
+from types import SimpleNamespace
+
+import pytest
+import report_data as data
+
+from qcheck.report import certificate, table
+from qcheck.report.merge import merge
+from qcheck.report.progress import Progress, terminal_progress
+from qcheck.report.results import dumps, outcome_of
+from qcheck.report.schema import SCHEMA, comparable, validate
+from qcheck.report.write import RESULTS, ReportDirError, check_directory, render, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def results():
+    return data.results_document()
+
+
+def test_results_conform_to_the_schema_after_a_json_round_trip(results):
+    assert validate(json.loads(dumps(results))) == []
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda r: r.pop("environment"), "(top): missing 'environment'"),
+    (lambda r: r["tests"][0].update(outcome="weird"), "tests[0].outcome: 'weird' is not one of"),
+    (lambda r: r["pairs"][1]["model"].update(n_params="big"), "pairs[1].model.n_params: expected integer"),
+    (lambda r: r.update(schema_version=99), "schema_version: 99 is not 1"),
+    (lambda r: r["run"].update(extra=1), "run: unexpected key 'extra'"),
+])
+def test_the_validator_names_what_is_wrong(results, edit, problem):
+    broken = json.loads(dumps(results))
+    edit(broken)
+    assert any(p.startswith(problem) for p in validate(broken)), validate(broken)
+
+
+def test_nan_is_written_as_null():
+    result = data.synthetic_result("circuits", 2, 0.5)
+    entry = data.entry_for_test(nodeid="t", pair_id="p", analysis="circuits", outcome="passed",
+                                result=type(result)(**{**result.__dict__, "correlation": float("nan")}),
+                                thresholds=data.Thresholds())
+    assert entry["metrics"]["summary"]["correlation"] is None
+    dumps(entry)  # strict JSON: would raise on NaN
+
+
+def test_the_schema_documents_every_field():
+    def undocumented(schema, where):
+        for key, sub in schema.get("properties", {}).items():
+            yield from undocumented(sub, f"{where}.{key}")
+        if "items" in schema:
+            yield from undocumented(schema["items"], f"{where}[]")
+
+    assert SCHEMA["description"] and list(undocumented(SCHEMA, "")) == []
+
+
+def phase(outcome: str, xfail: bool = False) -> SimpleNamespace:
+    report = SimpleNamespace(passed=outcome == "passed", failed=outcome == "failed", skipped=outcome == "skipped")
+    if xfail:
+        report.wasxfail = "declared"
+    return report
+
+
+@pytest.mark.parametrize("phases, expected", [
+    ({"setup": phase("passed"), "call": phase("passed"), "teardown": phase("passed")}, "passed"),
+    ({"setup": phase("passed"), "call": phase("failed"), "teardown": phase("passed")}, "failed"),
+    ({"setup": phase("failed"), "teardown": phase("passed")}, "error"),
+    ({"setup": phase("skipped"), "teardown": phase("passed")}, "skipped"),
+    ({"setup": phase("passed"), "call": phase("skipped", xfail=True)}, "xfailed"),
+    ({"setup": phase("passed"), "call": phase("passed", xfail=True)}, "xpassed"),
+    ({"setup": phase("passed"), "call": phase("passed"), "teardown": phase("failed")}, "error"),
+    ({}, "error"),
+])
+def test_outcome_of_a_tests_phases(phases, expected):
+    assert outcome_of(phases) == expected
+
+
+# --- merging xdist partials --------------------------------------------------------------------
+def test_merged_partials_equal_the_serial_document(results):
+    everything = data.cases()
+    # Under --dist load a pair's tests are spread over workers: both build it (one from the cache).
+    gw0 = data.partial("gw0", everything, data.ANALYSES[:3])
+    gw1 = data.partial("gw1", everything, data.ANALYSES[3:], worker_seed=1)
+    merged = merge([gw1, gw0], run=dict(data.RUN), environment=results["environment"])
+    assert comparable(merged) == comparable(results)
+    assert merged["run"]["workers"] == ["gw0", "gw1"] and merged["run"]["notes"] == []
+    assert [b["worker"] for b in merged["pairs"][0]["builds"]] == ["gw0", "gw1"]
+    assert validate(merged) == []
+
+
+def test_merge_notes_a_pair_built_differently_by_two_workers(results):
+    gw0 = data.partial("gw0", data.cases()[:1], ("activations",))
+    gw1 = data.partial("gw1", data.cases()[:1], ("attention",))
+    gw1["pairs"][0]["quant"]["weight_digest"] = "something else"
+    merged = merge([gw0, gw1], run=dict(data.RUN), environment=results["environment"])
+    assert len(merged["pairs"]) == 1
+    assert "built it differently" in merged["run"]["notes"][0]
+
+
+# --- the report directory ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, results):
+    directory = tmp_path_factory.mktemp("report")
+    files = write_report(json.loads(dumps(results)), directory)
+    return directory, files
+
+
+def test_every_file_the_report_lists_exists_and_index_links_only_to_them(report):
+    from qcheck.report.html import links
+
+    directory, files = report
+    assert sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+                  if p.is_file() and not p.name.startswith(".")) == files
+    page = (directory / "index.html").read_text()
+    assert links(page) and set(links(page)) <= set(files)
+    assert all(f"{pair}/{analysis}.png" in links(page) for pair, _ in
+               [(c.id, n) for c, n in data.cases()] for analysis in data.ANALYSES)
+
+
+def png_size(blob: bytes) -> tuple[int, int]:
+    assert blob[:8] == PNG_SIGNATURE and blob[12:16] == b"IHDR"
+    return struct.unpack(">II", blob[16:24])
+
+
+def test_plots_are_png_images_with_something_drawn(report):
+    from matplotlib.image import imread
+
+    directory, files = report
+    pngs = [f for f in files if f.endswith(".png")]
+    assert len(pngs) == len(data.cases()) * len(data.ANALYSES) + 1  # + scaling.png
+    for name in pngs:
+        width, height = png_size((directory / name).read_bytes())
+        pixels = imread(directory / name)
+        assert width > 200 and height > 200 and pixels.std() > 0.05, name
+
+
+def test_results_json_and_certificates_conform(report):
+    directory, files = report
+    assert validate(json.loads((directory / RESULTS).read_text())) == []
+    cert = json.loads((directory / "zoo-small-gptq-w4" / "certificate.json").read_text())
+    assert cert["verdict"] == "certified" and cert["quant"]["calibration"]["digest"] == "c0ffee"
+    assert cert["model"]["weight_digest"] == "fp-zoo-small" and len(cert["quant"]["weight_digest"]) == 64
+    assert list(cert["analyses"]) == list(certificate.ANALYSES)
+
+
+def test_certificate_verdicts(results):
+    certs = certificate.certificates(results)
+    assert certs["zoo-small-rtn-w4"]["verdict"] == "not certified"
+    tests = [t for t in results["tests"] if t["pair"] == "zoo-large-gptq-w4"]
+    tests[0] = {**tests[0], "verdict": None, "outcome": "error", "metrics": None}
+    cert = certificate.certificate("zoo-large-gptq-w4", None, tests[:2], results)
+    assert cert["verdict"] == "incomplete" and "fidelity" in cert["not_run"]
+
+
+def test_a_second_report_replaces_the_first_and_leaves_other_files(tmp_path, results):
+    write_report(json.loads(dumps(results)), tmp_path)
+    (tmp_path / "my-notes.txt").write_text("mine")
+    assert "replaced the report" in check_directory(tmp_path)
+    smaller = json.loads(dumps(results))
+    smaller["tests"] = [t for t in smaller["tests"] if t["pair"] == "zoo-small-gptq-w4"]
+    smaller["pairs"] = [p for p in smaller["pairs"] if p["id"] == "zoo-small-gptq-w4"]
+    files = write_report(smaller, tmp_path)
+    assert not (tmp_path / "zoo-small-rtn-w4").exists()
+    assert (tmp_path / "my-notes.txt").read_text() == "mine"
+    assert {p.parent.name for p in tmp_path.rglob("*.png")} == {"zoo-small-gptq-w4", tmp_path.name}
+    assert json.loads((tmp_path / RESULTS).read_text())["run"]["files"] == files
+
+
+def test_check_directory_creates_a_new_one(tmp_path):
+    assert check_directory(tmp_path / "a" / "b") is None and (tmp_path / "a" / "b").is_dir()
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: (d.mkdir(), (d / "x.txt").write_text("x")), "holds other files (x.txt) and no qcheck report"),
+    (lambda d: d.write_text("a file"), "exists and is not a directory"),
+    (lambda d: (d.parent / "file").write_text("x"), "not writable"),
+], ids=["foreign-files", "a-file", "under-a-file"])
+def test_check_directory_refuses_with_the_directorys_name(tmp_path, setup, message):
+    directory = tmp_path / "out"
+    setup(directory)
+    target = directory if "not writable" not in message else tmp_path / "file" / "out"
+    with pytest.raises(ReportDirError, match=re.escape(f"--qcheck-report {target}: ") + ".*" + re.escape(message)):
+        check_directory(target)
+
+
+def test_a_plot_that_fails_is_a_note_not_a_lost_report(results):
+    broken = json.loads(dumps(results))
+    broken["tests"][0]["metrics"] = {"summary": {}}
+    files = render(broken)
+    assert "index.html" in files and any("not drawn" in n for n in broken["run"]["notes"])
+
+
+# --- tables ------------------------------------------------------------------------------------
+def test_scaling_table_is_the_studys_headline(results):
+    t = table.scaling_table(results)
+    assert t.headers == ("model", "params", "bits", "rtn survival", "gptq survival", "rtn corr", "gptq corr")
+    assert [row[:5] for row in t.rows] == [("zoo-small", "80k", "w4", "0/2 (0%)", "2/2 (100%)"),
+                                          ("zoo-large", "270k", "w4", "1/2 (50%)", "2/2 (100%)")]
+    text = table.to_text(t)
+    assert len({len(line) for line in text[1:3]}) == 1  # header and rule line up
+    markdown = table.to_markdown(t)
+    assert "|---|---:|---:|---:|---:|---:|---:|" in markdown and "| zoo-small | 80k | w4 |" in markdown
+
+
+def test_scaling_table_without_circuits_is_none_and_pair_table_stays():
+    results = data.results_document(analyses=("activations",))
+    assert table.scaling_table(results) is None
+    rows = table.pair_table(results).rows
+    assert [r[5] for r in rows] == ["0.700", "0.990", "0.900", "0.997"] and rows[0][3] == table.MISSING
+
+
+@pytest.mark.parametrize("n, text", [(124_000_000, "124M"), (1_414_000_000, "1.4B"), (132_864, "133k"),
+                                     (2_775_000_000, "2.8B"), (405_000_000, "405M"), (None, "–")])
+def test_params_are_written_as_the_study_does(n, text):
+    assert table.fmt_params(n) == text
+
+
+# --- progress ----------------------------------------------------------------------------------
+def test_progress_completes_its_line_with_the_time_and_outcome():
+    written = []
+    progress = Progress(begin=written.append, end=written.append)
+    with progress.step("zoo-x-rtn-w4: quantize") as step:
+        step.outcome = "from cache"
+    with pytest.raises(KeyError), progress.step("broken"):
+        raise KeyError
+    assert written[0] == "qcheck: zoo-x-rtn-w4: quantize ..." and written[1].endswith(" s (from cache)")
+    assert written[3].startswith(" failed after")
+
+
+def test_progress_is_silent_by_default_under_q_in_ci_and_in_workers(monkeypatch):
+    with Progress().step("nothing") as step:
+        step.outcome = "quiet"
+
+    def config(verbosity=0, **extra):
+        return SimpleNamespace(get_verbosity=lambda: verbosity, pluginmanager=None, **extra)
+
+    monkeypatch.delenv("CI", raising=False)
+    assert terminal_progress(config(-1)).silent
+    assert terminal_progress(config(0, workerinput={"workerid": "gw0"})).silent
+    monkeypatch.setenv("CI", "true")
+    assert terminal_progress(config(0)).silent
+    monkeypatch.delenv("CI")
+    assert not terminal_progress(config(0)).silent
