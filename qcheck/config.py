@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from qcheck.quantize.spec import QuantSpec, parse_quant_spec  # noqa: F401  (re-exported)
+
 
 @dataclass(frozen=True)
 class Thresholds:

@@ -159,17 +159,18 @@ def test_certificate_verdicts(results):
     assert cert["verdict"] == "incomplete" and "fidelity" in cert["not_run"]
 
 
-def test_a_second_report_replaces_the_first_and_leaves_other_files(tmp_path, results):
-    write_report(json.loads(dumps(results)), tmp_path)
+def test_a_second_report_replaces_the_first_and_leaves_other_files(tmp_path):
+    first = data.results_document(analyses=("fidelity",))  # few plots: this is about files
+    write_report(first, tmp_path)
     (tmp_path / "my-notes.txt").write_text("mine")
     assert "replaced the report" in check_directory(tmp_path)
-    smaller = json.loads(dumps(results))
-    smaller["tests"] = [t for t in smaller["tests"] if t["pair"] == "zoo-small-gptq-w4"]
-    smaller["pairs"] = [p for p in smaller["pairs"] if p["id"] == "zoo-small-gptq-w4"]
-    files = write_report(smaller, tmp_path)
+    second = data.results_document(analyses=("fidelity",))
+    second["tests"] = [t for t in second["tests"] if t["pair"] == "zoo-small-gptq-w4"]
+    second["pairs"] = [p for p in second["pairs"] if p["id"] == "zoo-small-gptq-w4"]
+    files = write_report(second, tmp_path)
     assert not (tmp_path / "zoo-small-rtn-w4").exists()
     assert (tmp_path / "my-notes.txt").read_text() == "mine"
-    assert {p.parent.name for p in tmp_path.rglob("*.png")} == {"zoo-small-gptq-w4", tmp_path.name}
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")] == ["zoo-small-gptq-w4/fidelity.png"]
     assert json.loads((tmp_path / RESULTS).read_text())["run"]["files"] == files
 
 
@@ -190,11 +191,13 @@ def test_check_directory_refuses_with_the_directorys_name(tmp_path, setup, messa
         check_directory(target)
 
 
-def test_a_plot_that_fails_is_a_note_not_a_lost_report(results):
-    broken = json.loads(dumps(results))
+def test_a_plot_that_fails_is_a_note_not_a_lost_report():
+    broken = data.results_document(analyses=("circuits",))
     broken["tests"][0]["metrics"] = {"summary": {}}
     files = render(broken)
-    assert "index.html" in files and any("not drawn" in n for n in broken["run"]["notes"])
+    assert "index.html" in files and f"{broken['tests'][0]['pair']}/circuits.png" not in files
+    assert any(n.startswith(f"plot {broken['tests'][0]['pair']}/circuits.png not drawn: KeyError")
+               for n in broken["run"]["notes"])
 
 
 # --- tables ------------------------------------------------------------------------------------
