@@ -5,10 +5,11 @@ One pretty JSON file per certification test id, under the top-level baselines/ m
     tests/certify/test_activations.py::test_activations[zoo-gpt2-2l48-rtn-w4]
     -> baselines/certify/test_activations/test_activations[zoo-gpt2-2l48-rtn-w4].json
 
-A certification test asserts its threshold (the claim), then `assert result.as_baseline() ==
-baseline`. The rules, tolerances and better/worse directions are in qcheck/drift.py; here:
+A certification test asserts its threshold (the claim), then, once, `assert result.as_baseline()
+== baseline`. The rules, tolerances and better/worse directions are in qcheck/drift.py; here:
 - within tolerance: passes and leaves the file byte-identical, also under --snapshot-update
-  (syrupy rewrites a file only when `matches()` is False).
+  (syrupy rewrites a file only when `matches()` is False). When a file is rewritten, values that
+  did not move keep their recorded digits (drift.settle), so its diff shows only what moved.
 - beyond tolerance, or recorded for another model, weight digest, quantizer spec, calibration
   digest, analysis version or SAE basis: fails, naming the moved elements old → new, better or
   worse, or the header field that changed.

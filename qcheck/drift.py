@@ -59,7 +59,7 @@ _MEANING = {
     "quant": "the quantizer spec changed",
     "calibration_digest": "the calibration data changed",
     "analysis": "the analysis changed",
-    "analysis_version": "the analysis changed what it measures (qcheck.analyses.ANALYSIS_VERSIONS)",
+    "analysis_version": "the analysis version changed",
     "basis_digest": "the SAE measurement basis changed",
 }
 
@@ -178,7 +178,9 @@ class Change:
     verdict: str    # "worse", "better", "changed", "added" or "removed"
 
     def describe(self, width: int = 0) -> str:
-        return f"{self.path:<{width}}  {_show(self.old)} → {_show(self.new)}{_relative(self.old, self.new)}  {self.verdict}"
+        """One line: the path padded to `width`, old → new (relative change), the verdict."""
+        moved = f"{_show(self.old)} → {_show(self.new)}{_relative(self.old, self.new)}"
+        return f"{self.path:<{width}}  {moved}  {self.verdict}"
 
 
 @dataclass(frozen=True)
@@ -240,11 +242,12 @@ def settle(old: Any, new: Any, path: str = "") -> Any:
     and a value that creeps run after run stays anchored to what was reviewed.
     """
     if isinstance(old, dict) and isinstance(new, dict):
-        return {key: settle(old[key], value, f"{path}.{key}") if key in old else value
+        return {key: settle(old[key], value, f"{path}.{key}" if path else key) if key in old else value
                 for key, value in new.items()}
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [settle(a, b, path) for a, b in zip(old, new)]
-    if _is_number(old) and isinstance(new, float) and METRICS.get(_leaf(path), _NEUTRAL).tolerance.allows(old, new):
+    tolerance = METRICS.get(_leaf(path), _NEUTRAL).tolerance
+    if _is_number(old) and isinstance(new, float) and tolerance.allows(old, new):
         return old
     return new
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from qcheck.analyses import ANALYSIS_VERSIONS
 from qcheck.report.progress import terminal_progress
 from qcheck.report.run import WORKEROUTPUT_KEY, ReportRun
 from qcheck.session import QcheckSession
@@ -83,11 +84,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-ANALYSES = ("activations", "attention", "features", "logit_lens", "circuits", "fidelity")
-
-
 def _analysis(item: pytest.Item) -> str:
-    return next((m.name for m in item.iter_markers() if m.name in ANALYSES), "")
+    """The analysis a certification test runs: its marker named in ANALYSIS_VERSIONS."""
+    return next((m.name for m in item.iter_markers() if m.name in ANALYSIS_VERSIONS), "")
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from jaxtyping import Float, Int
@@ -129,10 +130,13 @@ def quantize_weight(weight: Float[Tensor, "d_out d_in"], hessian: Float[Tensor, 
 @torch.no_grad()
 def quantize_model(hf_model: nn.Module, spec: QuantSpec,
                    calibration_tokens: Int[Tensor, "n_samples seq_len"] | None = None,
-                   *, batch_size: int = BATCH_SIZE) -> tuple[nn.Module, QuantReport]:
+                   *, batch_size: int = BATCH_SIZE,
+                   on_layer: Callable[[str, QuantizedWeight], None] | None = None) -> tuple[nn.Module, QuantReport]:
     """A quantized deep copy of `hf_model` (in eval mode) and a report; the caller's model is untouched.
 
     calibration_tokens are required by GPTQ (see qcheck.data.calibration), ignored by RTN.
+    on_layer(name, q) receives each linear's QuantizedWeight (codes, scales, zeros, g_idx) as it
+    is made, e.g. to pack it into a checkpoint (checkpoint/export.py) without keeping them all.
     """
     if spec.needs_calibration and calibration_tokens is None:
         raise ValueError(f"quantize_model: {spec} needs calibration tokens (n_samples, seq_len); "
@@ -146,7 +150,7 @@ def quantize_model(hf_model: nn.Module, spec: QuantSpec,
     if not spec.needs_calibration:
         for l, block in enumerate(blocks):
             for name, module in block_linears(block).items():
-                layers.append(_quantize_linear(f"{path}.{l}.{name}", module, None, spec))
+                layers.append(_quantize_linear(f"{path}.{l}.{name}", module, None, spec, on_layer))
         return model, QuantReport(str(spec), layers, time.perf_counter() - start)
     inputs = capture_block_inputs(model, blocks, calibration_tokens, batch_size)
     for l, block in enumerate(blocks):
@@ -155,15 +159,19 @@ def quantize_model(hf_model: nn.Module, spec: QuantSpec,
         for group in groups:
             hessians = collect_hessians(block, {name: linears[name] for name in group}, inputs)
             for name in group:
-                layers.append(_quantize_linear(f"{path}.{l}.{name}", linears[name], hessians[name], spec))
+                layers.append(_quantize_linear(f"{path}.{l}.{name}", linears[name], hessians[name], spec,
+                                               on_layer))
         inputs = [(_output(block(hidden, *args, **kwargs)), args, kwargs) for hidden, args, kwargs in inputs]
     return model, QuantReport(str(spec), layers, time.perf_counter() - start)
 
 
-def _quantize_linear(name: str, module: nn.Module, hessian: Tensor | None, spec: QuantSpec) -> LayerReport:
+def _quantize_linear(name: str, module: nn.Module, hessian: Tensor | None, spec: QuantSpec,
+                     on_layer: Callable[[str, QuantizedWeight], None] | None = None) -> LayerReport:
     tick = time.perf_counter()
     W = get_rows(module).float().clone()  # a copy: set_rows below overwrites the module's weight
     q = quantize_weight(W, hessian, spec)
+    if on_layer is not None:
+        on_layer(name, q)
     set_rows(module, q.weight.to(module.weight.dtype))
     delta = W - q.weight.float()
     output_error = None

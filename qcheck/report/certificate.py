@@ -60,11 +60,13 @@ def _suite_order(test: dict) -> tuple:
 def failed_lines(results: dict) -> list[str]:
     """One line per failed threshold verdict or test without a result, for the terminal."""
     out = []
-    for test in sorted(results["tests"], key=lambda t: (t["pair"], _suite_order(t))):
-        head = f"{test['pair']} {test['analysis']}"
-        expected = " [expected failure]" if test["outcome"] == "xfailed" else ""
+    from qcheck.report.table import Index
+
+    order = {pair_id: i for i, pair_id in enumerate(Index(results).pair_ids)}  # the tables' order
+    for test in sorted(results["tests"], key=lambda t: (order[t["pair"]], _suite_order(t))):
+        head = f"{test['pair']} {test['analysis']}" + (" [expected failure]" if test["outcome"] == "xfailed" else "")
         if test["verdict"] == "fail":
-            out.append(f"{head}: {'; '.join(test['failures'])}{expected}")
+            out.append(f"{head}: {'; '.join(test['failures'])}")
         elif test["verdict"] is None and test["outcome"] in ("error", "failed"):
-            out.append(f"{head}: no result ({test['outcome']} before the verdict){expected}")
+            out.append(f"{head}: no result ({test['outcome']} before the verdict)")
     return out

@@ -235,31 +235,43 @@ def plot_fidelity(metrics: dict, thresholds: dict) -> Figure:
 
 def plot_scaling(points: dict[str, list[tuple[int, float | None, float | None]]],
                  names: dict[int, str] | None = None) -> Figure:
-    """Induction-head survival and score correlation vs parameters, one line per quantizer.
+    """Induction-head survival and score correlation vs parameters, one line per quantizer:
+    colour by method (RTN reds, GPTQ blues), darker and a different marker for fewer bits.
+    Quantizers at one size are dodged sideways a little, so equal values do not hide each other.
 
     points[quant] = [(n_params, survival in [0, 1] or None, correlation or None), ...];
     names[n_params] labels the x ticks with the model's name."""
-    figure, (ax, ax2) = _figure(2, width=5.0)
-    for quant, rows in sorted(points.items()):
-        rows = sorted(rows)
-        for a, column in ((ax, 1), (ax2, 2)):
-            xs = [r[0] for r in rows if r[column] is not None]
-            ys = [r[column] * (100 if column == 1 else 1) for r in rows if r[column] is not None]
-            a.plot(xs, ys, marker="o", label=quant)
+    from matplotlib import colormaps
+
+    from qcheck.report.table import method_order, method_and_bits
+
+    figure = Figure(figsize=(11.5, 3.8), layout="constrained")
+    ax, ax2 = figure.subplots(1, 2)
+    order = sorted(points, key=lambda q: (method_order(method_and_bits(q)[0]), -(method_and_bits(q)[1] or 0)))
+    for k, quant in enumerate(order):
+        method, bits = method_and_bits(quant)
+        cmap = colormaps[{"rtn": "Reds", "gptq": "Blues"}.get(method, "Greens")]
+        style = dict(color=cmap(0.45 + 0.55 * (1 - ((bits or 8) - 2) / 6)), marker=_BIT_MARKERS.get(bits, "o"),
+                     label=quant)
+        dodge = 1.04 ** (k - (len(order) - 1) / 2)
+        rows = sorted(points[quant])
+        for a, column, scale in ((ax, 1, 100), (ax2, 2, 1)):
+            xy = [(r[0] * dodge, r[column] * scale) for r in rows if r[column] is not None]
+            a.plot([x for x, _ in xy], [y for _, y in xy], **style)
     ax.set(ylabel="induction heads surviving (%)", ylim=(-5, 105))
     correlations = [r[2] for rows in points.values() for r in rows if r[2] is not None]
-    ax2.set(ylabel="FP vs quantized score correlation",
-            ylim=(min([*correlations, 0.9]) - 0.02, 1.005))
+    ax2.set(ylabel="FP vs quantized score correlation", ylim=(min([*correlations, 0.9]) - 0.02, 1.005))
     sizes = sorted({r[0] for rows in points.values() for r in rows})
     for a in (ax, ax2):
         a.set_xscale("log")
         a.set_xlabel("parameters")
-        a.grid(alpha=0.3, which="both")
-        a.legend(fontsize=8)
-        a.set_xticks(sizes, [f"{fmt_params(n)}\n{(names or {}).get(n, '')}".strip() for n in sizes],
-                     minor=False, fontsize=8)
+        a.grid(alpha=0.3)
+        a.set_xticks(sizes, [f"{fmt_params(n)}\n{(names or {}).get(n, '')}".strip() for n in sizes], fontsize=8)
         a.set_xticks([], minor=True)
-        if len(sizes) == 1:
-            a.set_xlim(sizes[0] / 3, sizes[0] * 3)
+        a.set_xlim(sizes[0] / 2, sizes[-1] * 2)
+    figure.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     figure.suptitle("Scaling: do induction heads survive quantization?", fontsize=11)
     return figure
+
+
+_BIT_MARKERS = {8: "o", 4: "s", 3: "^", 2: "v"}

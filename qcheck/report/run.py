@@ -21,6 +21,7 @@ from qcheck.report.table import pair_table, scaling_table, to_text
 from qcheck.report.write import check_directory, write_report
 
 WORKEROUTPUT_KEY = "qcheck_report"   # config.workeroutput[...] = a partial, as JSON text
+MIN_WIDTH = 160                      # a failed verdict's line is cut here at the narrowest (CI logs)
 
 
 def _now() -> str:
@@ -108,13 +109,16 @@ class ReportRun:
         if not results["tests"] and self.directory is None:
             return None
         if self.directory is not None:
-            write_report(results, self.directory)
+            try:
+                write_report(results, self.directory)
+            except OSError as error:  # e.g. the disk filled up during the run: keep the summary
+                results["run"]["notes"].append(f"report not written to {self.directory}: {error}")
         self.results = results
         return results
 
     def summary_lines(self, *, verbosity: int, width: int = 120) -> list[str]:
         """The terminal summary: the scaling table, the per-pair table (unless -q) and the
-        failed verdicts, one line each, cut at `width`."""
+        failed verdicts, one line each, cut at the terminal's width (at least MIN_WIDTH)."""
         if not self.results or not self.results["tests"]:
             return [f"report written to {self.directory}"] if self.directory else []
         lines: list[str] = []
@@ -124,7 +128,7 @@ class ReportRun:
                 lines += [*to_text(t), ""]
         failed = failed_lines(self.results)
         if failed:
-            lines += ["failed threshold verdicts:", *(_cut(f"  {line}", width) for line in failed), ""]
+            lines += ["failed threshold verdicts:", *(_cut(f"  {line}", max(width, MIN_WIDTH)) for line in failed), ""]
         lines += self.results["run"]["notes"]
         if self.directory is not None:
             lines.append(f"report: {self.directory / 'index.html'}")

@@ -50,7 +50,10 @@ PAIR = _obj("One (model, quantizer) case: exactly what was certified.", {
     "seeds": {"type": "object", "description": "every seed the pair's numbers depend on",
               "additionalProperties": {"type": ["integer", "null"]}},
     "builds": {"type": "array", "description": "volatile: one entry per process that built the pair",
-               "items": _obj("", {"worker": _STR, "from_cache": _BOOL, "seconds": _NUM})},
+               "items": _obj("", {"worker": {**_STR, "description": "xdist worker id, or main"},
+                                  "from_cache": _BOOL,
+                                  "seconds": {**_NUM, "description": "what the quantization took when it "
+                                                                     "was computed (a cache hit keeps it)"}})},
 })
 
 TEST = _obj("One certification test (one analysis of one pair).", {

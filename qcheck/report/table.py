@@ -56,7 +56,7 @@ def method_and_bits(spec: str) -> tuple[str, int | None]:
     return spec[:found.start()] + spec[found.end():], int(found.group(1))
 
 
-def _method_order(method: str) -> tuple[int, str]:
+def method_order(method: str) -> tuple[int, str]:
     return ({"rtn": 0, "gptq": 1}.get(method, 2), method)
 
 
@@ -87,7 +87,7 @@ class Index:
         params = self.n_params(pair_id)
         model, quant = self.model_and_quant(pair_id)
         method, bits = method_and_bits(quant)
-        return (params is None, params or 0, model, -(bits or 0), _method_order(method))
+        return (params is None, params or 0, model, -(bits or 0), method_order(method))
 
     def summary(self, pair_id: str, analysis: str) -> dict | None:
         test = self.tests.get((pair_id, analysis))
@@ -99,10 +99,12 @@ class Index:
         if not test or not test.get("metrics"):
             return MISSING, MISSING
         metrics = test["metrics"]
-        outcome = metrics.get(metrics["summary"]["rule"], {})
-        detected, survived = outcome.get("n_detected", 0), outcome.get("n_survived", 0)
-        cell = "no heads" if not detected else f"{survived}/{detected} ({survived / detected:.0%})"
-        return cell, _num(metrics["summary"].get("correlation"))
+        summary = metrics.get("summary", {})
+        outcome = metrics.get(summary.get("rule"), {})
+        detected, survived = outcome.get("n_detected"), outcome.get("n_survived")
+        cell = (MISSING if detected is None or survived is None else "no heads" if not detected
+                else f"{survived}/{detected} ({survived / detected:.0%})")
+        return cell, _num(summary.get("correlation"))
 
 
 def _rules_note(results: dict) -> str:
@@ -130,7 +132,7 @@ def scaling_table(results: dict) -> Table | None:
         cells.setdefault((model, bits), {})[method] = index.circuits(pair_id)
     if not cells:
         return None
-    order = sorted(methods, key=_method_order)
+    order = sorted(methods, key=method_order)
     headers = ("model", "params", "bits", *(f"{m} survival" for m in order), *(f"{m} corr" for m in order))
     rows = []
     for (model, bits), by_method in cells.items():  # insertion order follows index.pair_ids

@@ -124,7 +124,7 @@ def scaling_points(results: dict) -> dict[str, list[tuple[int, float | None, flo
         if test["analysis"] != "circuits" or not test.get("metrics") or test["pair"] not in params:
             continue
         n_params, quant = params[test["pair"]]
-        summary = test["metrics"]["summary"]
+        summary = test["metrics"].get("summary", {})
         points.setdefault(quant, []).append((n_params, summary.get("survival"), summary.get("correlation")))
     return points
 

@@ -43,7 +43,8 @@ def baseline_header(request):
 def result(cosine_l1: float = 0.991234567, noise: float = 0.0) -> dict:
     """A synthetic as_baseline() dict; `noise` scales every float by (1 + noise)."""
     r = {"n_tokens": 120,
-         "hook_resid_post": {"L0": {"cosine": 0.998123456, "l2": 0.52}, "L1": {"cosine": cosine_l1, "l2": 1.3}},
+         "hook_resid_post": {"L0": {"cosine": 0.998123456, "l2": 0.52},
+                             "L1": {"cosine": cosine_l1, "l2": 1.3}},
          "survived": ["L0H1", "L1H2"],
          "summary": {"min_resid_cosine": min(0.998123456, cosine_l1), "rule": "fixed"}}
 
@@ -151,6 +152,7 @@ def test_update_rewrites_only_the_values_that_moved(suite):
     assert after == before  # the noise did not reach the file: unmoved values kept their digits
 
 
+# --deselect goes through pytest_deselected, as -m and qcheck's --qcheck-model narrowing do
 @pytest.mark.parametrize("select", [["-k", "m1"], ["--deselect", "tests/certify/test_fake.py::test_fake[m2-rtn-w4]"]],
                          ids=["-k", "--deselect"])
 def test_update_of_a_selection_leaves_the_other_baselines_byte_identical(suite, select):
@@ -166,8 +168,9 @@ def test_update_of_a_selection_leaves_the_other_baselines_byte_identical(suite, 
 def test_missing_baseline_keeps_the_threshold_verdict_with_a_note(suite):
     outcome = suite.runpytest()
     outcome.assert_outcomes(passed=len(CASES), warnings=len(CASES))
-    shows(outcome, f"BaselineNotCompared: no baseline at {FILE.format('m1-rtn-w4')}: nothing was compared",
-          "qcheck baselines: 2 result(s) not compared (2 without a baseline, 0 recorded on another device")
+    shows(outcome,
+          f"BaselineNotCompared: no baseline at {FILE.format('m1-rtn-w4')}: nothing was compared",
+          "qcheck baselines: 2 result(s) not compared (2 without a baseline, 0 recorded on another")
     assert not suite.path.joinpath("baselines").exists()
 
 
@@ -181,9 +184,10 @@ def test_corrupt_baseline_is_an_error_naming_the_file_and_the_fix(suite):
     suite.path.joinpath(FILE.format("m1-rtn-w4")).write_text('{"header": {,}')
     outcome = suite.runpytest()
     outcome.assert_outcomes(passed=1, failed=1)
-    shows(outcome, f"BaselineFileError: {FILE.format('m1-rtn-w4')} is not valid JSON (Expecting property name "
-                   f"enclosed in double quotes at line 1 column 13): fix it, or delete it and record it again "
-                   f"with `pytest --snapshot-update`")
+    shows(outcome,
+          f"BaselineFileError: {FILE.format('m1-rtn-w4')} is not valid JSON (Expecting property name "
+          f"enclosed in double quotes at line 1 column 13): fix it, or delete it and record it again "
+          f"with `pytest --snapshot-update`")
     suite.runpytest("--snapshot-update").assert_outcomes(passed=len(CASES))
     assert stored(suite, "m1-rtn-w4") == stored(suite, "m2-rtn-w4").replace(b"m2-rtn-w4", b"m1-rtn-w4")
 
@@ -194,8 +198,9 @@ def test_baseline_from_another_device_is_not_comparable_and_not_a_failure(suite)
     plant(suite, "m1-rtn-w4", result(cosine_l1=0.95))  # would be drift on the same device
     outcome = suite.runpytest()
     outcome.assert_outcomes(passed=len(CASES), warnings=len(CASES))
-    shows(outcome, f"{FILE.format('m1-rtn-w4')} was recorded with device cpu, this run cuda: not comparable",
-          "qcheck baselines: 2 result(s) not compared (0 without a baseline, 2 recorded on another device")
+    shows(outcome,
+          f"{FILE.format('m1-rtn-w4')} was recorded with device cpu, this run cuda: not comparable",
+          "qcheck baselines: 2 result(s) not compared (0 without a baseline, 2 recorded on another")
     assert "snapshot unused" not in outcome.stdout.str()
     suite.runpytest("--snapshot-update").assert_outcomes(passed=len(CASES))
     assert json.loads(stored(suite, "m1-rtn-w4"))["header"]["device"] == "cuda"  # replaced on request
@@ -206,8 +211,9 @@ def test_changed_weight_digest_fails_as_a_real_change(suite):
     header(suite, weight_digest="b" * 64)
     outcome = suite.runpytest("-vv")
     outcome.assert_outcomes(failed=len(CASES))
-    shows(outcome, f"{FILE.format('m1-rtn-w4')} was recorded for other inputs: the FP model's weights changed "
-                   f"(aaaaaaaaaaaa… → bbbbbbbbbbbb…).",
+    shows(outcome,
+          f"{FILE.format('m1-rtn-w4')} was recorded for other inputs: the FP model's weights "
+          f"changed (aaaaaaaaaaaa… → bbbbbbbbbbbb…).",
           "That is a real change in what is measured, not noise: review it, then record it with "
           "`pytest --snapshot-update`.")
 

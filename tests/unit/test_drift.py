@@ -22,8 +22,8 @@ def changes(old: dict, new: dict) -> dict[str, tuple]:
 
 
 def test_file_rounds_floats_to_six_significant_digits_and_keeps_key_order():
-    text = to_text(doc({"L2": {"kl": 1.234567890123e-7}, "L10": {"kl": 123456.789}, "n": 3, "ok": True}))
-    assert json.loads(text)["results"] == {"L2": {"kl": 1.23457e-7}, "L10": {"kl": 123457.0}, "n": 3, "ok": True}
+    text = to_text(doc({"L2": {"kl": 1.234567890123e-7}, "L10": {"kl": 123456.789}, "ok": True}))
+    assert json.loads(text)["results"] == {"L2": {"kl": 1.23457e-7}, "L10": {"kl": 123457.0}, "ok": True}
     assert text.index('"L2"') < text.index('"L10"')  # the result's order, not sorted as text
     assert text.endswith("}\n")
 
@@ -73,7 +73,8 @@ def test_counts_and_booleans_are_exact_and_types_matter():
 
 
 def test_added_and_removed_elements_are_named():
-    found = changes({"L0": {"cosine": 1.0}, "L1": {"cosine": 1.0}}, {"L0": {"cosine": 1.0}, "L2": {"cosine": 1.0}})
+    found = changes({"L0": {"cosine": 1.0}, "L1": {"cosine": 1.0}},
+                    {"L0": {"cosine": 1.0}, "L2": {"cosine": 1.0}})
     assert found == {"L1": ({"cosine": 1.0}, None, "removed"), "L2": (None, {"cosine": 1.0}, "added")}
 
 
@@ -86,7 +87,7 @@ def test_platform_differences_are_not_comparable_and_identity_differences_are_ch
     assert not_comparable(HEADER, {**HEADER, "weight_digest": "b" * 64}) is None
     drift_ = compare(doc({}), doc({}, analysis_version=2, calibration_digest="d" * 64))
     assert drift_.header == ("the calibration data changed (cccccccccccc… → dddddddddddd…)",
-                             "the analysis changed what it measures (qcheck.analyses.ANALYSIS_VERSIONS) (1 → 2)")
+                             "the analysis version changed (1 → 2)")
     assert not drift_.ok
 
 
@@ -116,7 +117,8 @@ def test_unreadable_file_names_itself_and_the_fix(text, problem):
     with pytest.raises(drift.BaselineFileError) as error:
         parse(text, "baselines/x.json")
     assert str(error.value).startswith(f"baselines/x.json {problem}")
-    assert str(error.value).endswith("fix it, or delete it and record it again with `pytest --snapshot-update`")
+    assert str(error.value).endswith("fix it, or delete it and record it again with "
+                                     "`pytest --snapshot-update`")
 
 
 def test_settle_keeps_the_recorded_digits_of_values_within_tolerance():

@@ -1,7 +1,7 @@
 """The embedded zoo: every model loads by name, its card's heads are really there (recomputed
 through TransformerBridge, not read back), and the bridge reproduces the HF logits."""
 
-import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,3 +59,13 @@ def test_card_heads_are_really_there(fp_model, fp_bridge):
     assert above(previous) == set(card["previous_token_heads"])
     recorded = torch.tensor(card["scores"]["induction"])
     assert torch.allclose(induction, recorded, atol=2e-3), (induction, recorded)
+
+
+@pytest.mark.parametrize("fp_model", ZOO, indirect=True)
+def test_shipped_sae_basis_is_pinned_to_these_weights(fp_model, qcheck_session):
+    from qcheck.basis import SAE_FILE, sae_metadata
+
+    shipped = Path(fp_model.spec.location) / SAE_FILE
+    assert sae_metadata(shipped)["weight_digest"] == qcheck_session.weight_digest(fp_model.spec.name)
+    sae = qcheck_session.sae(fp_model.spec.name)  # loads the shipped file, checks its digest
+    assert sae.cfg.d_model == fp_model.hf.config.hidden_size

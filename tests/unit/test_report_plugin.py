@@ -1,0 +1,86 @@
+"""The report through the plugin, end to end in pytester, with synthetic pairs and results
+(QcheckSession.pair patched; no model is loaded): the terminal summary with and without
+--qcheck-report, outcomes and declared expected failures in results.json, and a report
+directory that cannot be used stopping the run at configure time."""
+
+import json
+
+import pytest
+import report_data as data
+
+import qcheck.report.plots  # noqa: F401  pytester's in-process runs drop modules they import first;
+#                             a matplotlib imported half inside, half outside them breaks
+from qcheck.models.registry import zoo_names
+from qcheck.report.schema import validate
+from qcheck.session import QcheckSession
+
+CERTIFY_TEST = """
+import pytest
+import report_data
+
+@pytest.mark.circuits
+def test_circuits(pair, thresholds, record):
+    result = record(report_data.synthetic_result("circuits", 2, report_data.damage_of(pair.case)))
+    assert not result.failures(thresholds), "; ".join(result.failures(thresholds))
+"""
+MODEL = zoo_names()[0]
+
+
+@pytest.fixture
+def suite(pytester, monkeypatch):
+    monkeypatch.setattr(QcheckSession, "pair", lambda self, case: data.fake_pair(case, n_layers=2))
+    monkeypatch.setattr(data, "damage_of", lambda case: {"rtn-w4": 0.6, "gptq-w4": 0.02}[case.quant])
+    monkeypatch.delenv("CI", raising=False)
+    pytester.makeconftest('pytest_plugins = ["qcheck.plugin"]')
+    pytester.makeini("[pytest]\nmarkers =\n    circuits: c\n    xdist_group(name): g\n")
+    pytester.makepyfile(test_certify=CERTIFY_TEST)
+    return pytester
+
+
+ARGS = ("-p", "no:cacheprovider", "--qcheck-model", MODEL, "--qcheck-quant", "rtn-w4", "--qcheck-quant", "gptq-w4")
+
+
+def test_summary_prints_the_scaling_table_and_failed_verdicts_without_a_report(suite):
+    result = suite.runpytest(*ARGS)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*= qcheck =*",
+        "Induction heads: survival and FP-vs-quantized score correlation",
+        "model * params  bits  rtn survival  gptq survival  rtn corr  gptq corr",
+        f"{MODEL} *w4 *0/2 (0%) *2/2 (100%)*",
+        "Per (model, quantizer)*",
+        "failed threshold verdicts:",
+        f"  {MODEL}-rtn-w4 circuits: lost induction heads L1H2 0.45→0.18, L1H3 0.65→0.26 (0/2 survive; *",
+    ])
+    assert "report:" not in result.stdout.str()
+
+
+def test_quiet_summary_keeps_the_scaling_table_only(suite):
+    result = suite.runpytest(*ARGS, "-q")
+    assert "Induction heads: survival" in result.stdout.str()
+    assert "Per (model, quantizer)" not in result.stdout.str()
+
+
+def test_report_records_outcomes_and_declared_expected_failures(suite):
+    (suite.path / "tests" / "certify").mkdir(parents=True)
+    (suite.path / "tests" / "certify" / "expected_failures.toml").write_text(
+        '[[xfail]]\nmodel = "*"\nquant = "rtn-w4"\nanalysis = "circuits"\nreason = "measured: RTN-4 loses them"\n')
+    result = suite.runpytest(*ARGS, "--qcheck-report", "out")
+    result.assert_outcomes(passed=1, xfailed=1)
+    results = json.loads((suite.path / "out" / "results.json").read_text())
+    assert validate(results) == []
+    by_quant = {t["pair"].rsplit("-", 2)[-2] + "-w4": t for t in results["tests"]}
+    assert by_quant["rtn-w4"]["outcome"] == "xfailed" and by_quant["rtn-w4"]["verdict"] == "fail"
+    assert by_quant["rtn-w4"]["expected_failure"] == "measured: RTN-4 loses them"
+    assert by_quant["gptq-w4"]["outcome"] == "passed" and by_quant["gptq-w4"]["verdict"] == "pass"
+    assert (suite.path / "out" / "index.html").is_file()
+    result.stdout.fnmatch_lines(["*rtn-w4 circuits [[]expected failure[]]: lost induction heads*",
+                                 f"report: out{'/'}index.html"])
+
+
+def test_a_report_directory_with_other_files_is_a_usage_error(suite):
+    (suite.path / "out").mkdir()
+    (suite.path / "out" / "thesis.tex").write_text("")
+    result = suite.runpytest(*ARGS, "--qcheck-report", "out", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--qcheck-report out: the directory holds other files (thesis.tex)*"])
