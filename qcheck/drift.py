@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Iterator
 
 # 6 significant digits: rounding moves a value by at most 5e-7 relative, far inside the
@@ -51,6 +51,8 @@ class Header:
 
 # Fields that make two runs' numbers not comparable at all (rounding differs), rather than changed.
 PLATFORM = ("dtype", "device")
+# Fields every recorded header has (later optional fields, like basis_digest, have defaults).
+REQUIRED = tuple(f.name for f in fields(Header) if f.default is MISSING)
 
 # What a change of each identity field means, for the failure message.
 _MEANING = {
@@ -159,6 +161,16 @@ def parse(text: str, where: str) -> dict[str, Any]:
             and "results" in document):
         raise BaselineFileError(f"{where} is not a qcheck baseline (expected a JSON object with "
                                 f"'header' and 'results'): {fix}")
+    # A header stripped by a hand edit must not read as "recorded elsewhere, not comparable"
+    # (a pass with a warning): every field a run writes is required, the platform ones as text.
+    header = document["header"]
+    missing = [key for key in REQUIRED if key not in header]
+    odd = [key for key in PLATFORM if key in header and not isinstance(header[key], str)]
+    if missing or odd or not isinstance(document["results"], dict):
+        problem = (f"its header lacks {', '.join(missing)}" if missing else
+                   f"its header's {', '.join(odd)} is not text" if odd else "its results are not a JSON object")
+        raise BaselineFileError(f"{where} is not a qcheck baseline as qcheck writes it ({problem}; edited "
+                                f"by hand?): {fix}")
     return document
 
 

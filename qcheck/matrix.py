@@ -2,7 +2,9 @@
 
 The default matrix is every zoo model x DEFAULT_QUANTS. Command-line models and quantizers are
 *added* to it (never substituted), then everything not asked for is deselected: syrupy would
-otherwise treat the other baselines as unused and delete them on --snapshot-update.
+otherwise treat the other baselines as unused and delete them on --snapshot-update. A checkpoint
+(--qcheck-checkpoint, quantizer `checkpoint:<name>`) belongs to one FP model: it is paired with
+the command-line models only, and adds to the selected quantizers without replacing the defaults.
 
 Expected failures are declared in one reviewed file, tests/certify/expected_failures.toml, and run
 as strict xfails: a certifier that stops failing is itself a failure.
@@ -30,21 +32,22 @@ class Case:
         return f"{self.model}-{self.quant}"
 
 
-def build_cases(zoo: list[str], models: list[str], quants: list[str]) -> list[Case]:
+def build_cases(zoo: list[str], models: list[str], quants: list[str], checkpoints: list[str] = ()) -> list[Case]:
     """Default matrix plus every combination the command line names, in a stable order."""
     default = {Case(m, q) for m in zoo for q in DEFAULT_QUANTS}
     all_models = list(dict.fromkeys([*zoo, *models]))
-    all_quants = list(dict.fromkeys([*DEFAULT_QUANTS, *quants]))
-    named = {Case(m, q) for m in (models or all_models) for q in (quants or all_quants)
+    all_quants = list(dict.fromkeys([*DEFAULT_QUANTS, *quants, *checkpoints]))
+    named = {Case(m, q) for m in (models or all_models) for q in (quants or DEFAULT_QUANTS)
              if m in models or q in quants}
+    named |= {Case(m, c) for m in models for c in checkpoints}
     return sorted(default | named, key=lambda c: (all_models.index(c.model), all_quants.index(c.quant)))
 
 
-def is_selected(case: Case, models: list[str], quants: list[str]) -> bool:
+def is_selected(case: Case, models: list[str], quants: list[str], checkpoints: list[str] = ()) -> bool:
     """With no --qcheck-quant, only the default quantizers run (plus a named checkpoint)."""
     model_ok = not models or case.model in models
     quant_ok = case.quant in quants if quants else case.quant in DEFAULT_QUANTS
-    return model_ok and quant_ok
+    return model_ok and (quant_ok or case.quant in checkpoints)
 
 
 @dataclass(frozen=True)

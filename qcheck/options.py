@@ -38,6 +38,43 @@ def worker_device(device: str, worker_id: str, n_gpus: int) -> str:
     return f"cuda:{int(worker_id[2:]) % n_gpus}"
 
 
+def session_device(text: str, worker_id: str | None) -> str:
+    """The device of this pytest process: `parse_device(text)`, then under xdist (worker_id
+    "gwK") plain 'cuda' becomes the worker's own GPU, cuda:(K mod n)."""
+    device = parse_device(text)
+    if worker_id and device == "cuda":
+        import torch
+
+        device = worker_device(device, worker_id, torch.cuda.device_count())
+    return device
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why tests marked `gpu` are skipped on this machine, or None when CUDA is usable."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return (f"needs CUDA: torch {torch.__version__} sees no CUDA device here "
+            f"(torch.cuda.is_available() is False)")
+
+
+def check_calibration_lengths(quants: list[str], models: list[str]) -> None:
+    """A `-lenN` longer than a model's context is one usage error naming both, at collection
+    (rather than an error in every test of the pair once the model is loaded)."""
+    from qcheck.models.registry import context_length, resolve
+    from qcheck.quantize.spec import parse_quant_spec
+
+    for text in quants:
+        seq_len = parse_quant_spec(text).seq_len
+        for name in models if seq_len is not None else ():
+            context = context_length(resolve(name, probe_hub=False))
+            if context is not None and seq_len > context:
+                raise ValueError(f"--qcheck-quant {text}: calibration sequences of {seq_len} tokens are longer "
+                                 f"than the context of {name} ({context} tokens); use -len{context} or less, "
+                                 f"or leave -lenN out (default: the context, at most 128)")
+
+
 @dataclass(frozen=True)
 class ThresholdOverrides:
     """`KEY=VALUE` applies to every model, `MODEL:KEY=VALUE` to one model (command line wins over

@@ -25,6 +25,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qcheck-quant", action="append", default=[], metavar="SPEC",
                     help="certify only this quantizer (repeatable), e.g. rtn-w4, gptq-w4-g128-act. "
                          "Default: the reviewed matrix in qcheck/matrix.py.")
+    group.addoption("--qcheck-checkpoint", action="append", default=[], metavar="DIR",
+                    help="also certify this GPTQ-packed checkpoint (repeatable; AutoGPTQ/GPTQModel "
+                         "layout, safetensors) as quantizer checkpoint:<folder name>, against the one "
+                         "--qcheck-model it was quantized from.")
     group.addoption("--qcheck-device", default="cpu", metavar="DEVICE",
                     help="auto, cpu, cuda or cuda:N (under xdist each worker takes its own GPU). "
                          "Default: cpu.")

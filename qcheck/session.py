@@ -14,8 +14,8 @@ from typing import Any
 
 from qcheck import matrix
 from qcheck.config import Thresholds
-from qcheck.options import (ThresholdOverrides, parse_device, parse_threshold_overrides,
-                            thresholds_from_pyproject)
+from qcheck.options import (ThresholdOverrides, check_calibration_lengths, parse_threshold_overrides,
+                            session_device, thresholds_from_pyproject)
 from qcheck.report.progress import Progress
 
 EXPECTED_FAILURES = Path("tests") / "certify" / "expected_failures.toml"
@@ -31,6 +31,8 @@ class QcheckSession:
     overrides: ThresholdOverrides
     cache_dir: Path
     expected_failures: list[matrix.ExpectedFailure]
+    # --qcheck-checkpoint: {"checkpoint:<name>": directory}, validated against the one --qcheck-model
+    checkpoints: dict[str, str] = field(default_factory=dict)
     _memo: dict = field(default_factory=dict, repr=False)
     results: list = field(default_factory=list, repr=False)
     # Long steps report here (quantization with its calibration, the SAE basis); the plugin sets a
@@ -40,8 +42,9 @@ class QcheckSession:
     @classmethod
     def from_pytest_config(cls, config) -> "QcheckSession":
         """Validate every qcheck option once; raises ValueError naming the bad value."""
-        from qcheck.models.registry import ModelNotAvailable, resolve
+        from qcheck.models.registry import ModelNotAvailable, resolve, zoo_names
         from qcheck.quantize.cache import default_cache_dir
+        from qcheck.quantize.checkpoint.options import validate_checkpoints
         from qcheck.quantize.spec import parse_quant_spec
 
         table = _pyproject_table(Path(config.rootpath) / "pyproject.toml")
@@ -58,23 +61,28 @@ class QcheckSession:
         quants = []
         for text in dict.fromkeys(config.getoption("--qcheck-quant")):
             quants.append(str(parse_quant_spec(text)))  # canonical form: one id per spec
+        check_calibration_lengths(quants, models or zoo_names())
         cache = config.getoption("--qcheck-cache") or table.get("cache_dir")
         return cls(
-            models=models, quants=quants, device=parse_device(config.getoption("--qcheck-device")),
+            models=models, quants=quants,
+            # under xdist (workerinput), worker gwK takes GPU K mod n
+            device=session_device(config.getoption("--qcheck-device"),
+                                  getattr(config, "workerinput", {}).get("workerid")),
             base_thresholds=base, pyproject_per_model=per_model,
             overrides=parse_threshold_overrides(config.getoption("--qcheck-threshold"), base),
             cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
             expected_failures=matrix.load_expected_failures(Path(config.rootpath) / EXPECTED_FAILURES),
+            checkpoints=validate_checkpoints(config.getoption("--qcheck-checkpoint"), models),
         )
 
     # --- the matrix -----------------------------------------------------------------------
     def pair_cases(self) -> list[matrix.Case]:
         from qcheck.models.registry import zoo_names
 
-        return matrix.build_cases(zoo_names(), self.models, self.quants)
+        return matrix.build_cases(zoo_names(), self.models, self.quants, list(self.checkpoints))
 
     def selected(self, case: matrix.Case) -> bool:
-        return matrix.is_selected(case, self.models, self.quants)
+        return matrix.is_selected(case, self.models, self.quants, list(self.checkpoints))
 
     def expected_failure(self, case: matrix.Case, analysis: str):
         return matrix.expected_failure(self.expected_failures, case, analysis)
@@ -125,12 +133,19 @@ class QcheckSession:
         return self._once(("sae", name), build)
 
     def quantized(self, case: matrix.Case):
-        """The quantized HF model for a case: from the disk cache, or computed and stored."""
+        """The quantized HF model for a case: from the disk cache, or computed and stored; for a
+        checkpoint case, the checkpoint dequantized into a copy of the FP model."""
         from qcheck.quantize.cache import load_or_quantize
         from qcheck.quantize.spec import parse_quant_spec
 
         def build():
             model = self.model(case.model)
+            if case.quant in self.checkpoints:
+                from qcheck.quantize.checkpoint import load_checkpoint
+
+                with self.progress.step(f"{case.id}: load {self.checkpoints[case.quant]}"):
+                    return load_checkpoint(model.hf, self.checkpoints[case.quant], name=case.model,
+                                           weight_digest=self.weight_digest(case.model))
             with self.progress.step(f"{case.id}: quantize") as step:
                 quantized = load_or_quantize(model.hf, parse_quant_spec(case.quant), cache_dir=self.cache_dir,
                                              weight_digest=self.weight_digest(case.model),

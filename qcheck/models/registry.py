@@ -95,6 +95,9 @@ def resolve(name: str, *, probe_hub: bool = True) -> ModelSpec:
         if not (path / "config.json").is_file():
             raise ModelNotAvailable(f"model directory {name!r} has no config.json; write it with "
                                     f"`model.save_pretrained({name!r})`")
+        from qcheck.models.checks import check_model_dir
+
+        check_model_dir(path)  # headers only: a truncated or pickled-only directory fails here
         return ModelSpec(name, "local", str(path.resolve()))
     if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
         raise ModelNotAvailable(f"model {name!r} is neither a zoo name, an existing directory nor "
@@ -117,19 +120,62 @@ def resolve(name: str, *, probe_hub: bool = True) -> ModelSpec:
     return spec
 
 
+def context_length(spec: ModelSpec) -> int | None:
+    """The model's context in tokens from its config.json (no torch, no weights); None if unknown
+    here (a hub model not in the local cache). Same keys as qcheck.data.calibration.model_context."""
+    import json
+
+    if spec.kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(spec.location, "config.json")
+        path = Path(found) if isinstance(found, str) else None
+    else:
+        path = Path(spec.location) / "config.json"
+    try:
+        config = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return None
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return config[key]
+    return None
+
+
 def load_hf_model(spec: ModelSpec, *, device: str = "cpu"):
     """The FP model as an HF module: float32, eval mode, eager attention (TL reads patterns).
 
     Weights load from safetensors only (`use_safetensors=True`): a directory holding only a
-    pickled `pytorch_model.bin` is refused, never unpickled; remote code is never trusted.
+    pickled `pytorch_model.bin` is refused, never unpickled (one beside safetensors is ignored with
+    a warning); remote code is never trusted. A config that does not match the weights and NaN/Inf
+    weights are refused (qcheck/models/checks.py).
     """
+    import warnings
+
     from transformers import AutoModelForCausalLM
 
+    from qcheck.models import checks
+
+    where = f"model {spec.name!r}" if spec.kind == "hub" else f"model directory {spec.location!r}"
+    if spec.kind != "hub":
+        directory = Path(spec.location)
+        checks.check_model_dir(directory)
+        checks.check_no_remote_code(checks.json_object(directory / "config.json"), where)
+        pickled = checks.pickled_files(directory)
+        if pickled:
+            warnings.warn(f"{where}: ignoring {', '.join(pickled)} (pickled; qcheck loads only the "
+                          f"safetensors weights and never unpickles a file)", UserWarning, stacklevel=2)
+        from transformers import AutoConfig
+
+        checks.check_config_fits(AutoConfig.from_pretrained(directory, trust_remote_code=False), directory, where)
     local_only = spec.kind != "hub" or _hub_has_local_copy(spec.location) or _hub_offline()
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        # ignore_mismatched_sizes: report every misshapen tensor in `info` (refused below) instead
+        # of transformers' bare RuntimeError
+        model, info = AutoModelForCausalLM.from_pretrained(
             spec.location, dtype="float32", attn_implementation="eager",
-            use_safetensors=True, trust_remote_code=False, local_files_only=local_only)
+            use_safetensors=True, trust_remote_code=False, local_files_only=local_only,
+            ignore_mismatched_sizes=True, output_loading_info=True)
     except OSError as error:
         if spec.kind == "hub":
             raise ModelNotAvailable(f"model {spec.name!r} could not be loaded: {error}; "
@@ -138,4 +184,6 @@ def load_hf_model(spec: ModelSpec, *, device: str = "cpu"):
                                 f"It needs config.json and model.safetensors (pickled .bin "
                                 f"weights are refused); rewrite it with "
                                 f"`model.save_pretrained(DIR, safe_serialization=True)`") from None
+    checks.check_loading_info(info, where)
+    checks.check_finite(model, where)
     return model.float().to(device).eval()

@@ -169,7 +169,16 @@ def _quantize_linear(name: str, module: nn.Module, hessian: Tensor | None, spec:
                      on_layer: Callable[[str, QuantizedWeight], None] | None = None) -> LayerReport:
     tick = time.perf_counter()
     W = get_rows(module).float().clone()  # a copy: set_rows below overwrites the module's weight
-    q = quantize_weight(W, hessian, spec)
+    if not torch.isfinite(W).all():
+        raise ValueError(f"{spec}: {name}.weight holds {int((~torch.isfinite(W)).sum())} NaN/Inf value(s) in "
+                         f"the FP model; nothing can be certified against it: fix or re-export its weights")
+    try:
+        q = quantize_weight(W, hessian, spec)
+    except ValueError as error:  # the kernels' messages do not know which layer they were given
+        raise ValueError(f"{spec}: {name}: {error}") from None
+    if not torch.isfinite(q.weight).all():  # a kernel bug must never reach a certificate
+        raise RuntimeError(f"{spec}: {name}: the quantized weight holds NaN/Inf although the FP weight "
+                           f"is finite; this is a bug in qcheck's quantizer, please report it")
     if on_layer is not None:
         on_layer(name, q)
     set_rows(module, q.weight.to(module.weight.dtype))

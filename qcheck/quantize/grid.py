@@ -10,7 +10,8 @@ checkpoints (qweight/qzeros/scales/g_idx) without a second convention:
 - asymmetric: scale = (max(w, 0) − min(w, 0)) / (2^b − 1), zero = round(−min(w, 0) / scale)
   (quant.py, `sym=False`). The range always contains 0, so 0 is exactly representable.
 
-A row whose range is zero gets scale 1, so it quantizes to exact zeros instead of NaN.
+A row whose range is zero, or so small that its scale underflows float32 to 0 (|w| < ~1e-44),
+gets scale 1, so it quantizes to exact zeros instead of NaN (0/0) or garbage codes.
 Dimension names: weight is (d_out, d_in), the nn.Linear layout; a grid has one scale per d_out row.
 """
 
@@ -72,15 +73,20 @@ def fit(w: Float[Tensor, "d_out n"], spec: GridSpec) -> tuple[Float[Tensor, "d_o
         amax = w.abs().amax(dim=1)
         amax = torch.where(amax == 0, torch.ones_like(amax), amax)
         half = 2 ** (spec.bits - 1)
-        scale = amax / (half - 1) if spec.kind == "study" else 2 * amax / spec.maxq
+        scale = _nonzero(amax / (half - 1) if spec.kind == "study" else 2 * amax / spec.maxq)
         return scale, torch.full_like(scale, float(half))
     # quant.py: the range is widened to contain 0; an all-zero row gets [-1, 1].
     low = w.amin(dim=1).clamp(max=0)
     high = w.amax(dim=1).clamp(min=0)
     empty = (low == 0) & (high == 0)
     low, high = torch.where(empty, -1.0, low), torch.where(empty, 1.0, high)
-    scale = (high - low) / spec.maxq
+    scale = _nonzero((high - low) / spec.maxq)
     return scale, torch.round(-low / scale)
+
+
+def _nonzero(scale: Tensor) -> Tensor:
+    """Scale 1 where it underflowed to 0 (a denormal-range row): its weights then round to 0."""
+    return torch.where(scale == 0, torch.ones_like(scale), scale)
 
 
 def encode(w: Float[Tensor, "d_out n"], scale: Float[Tensor, "d_out"], zero: Float[Tensor, "d_out"],

@@ -57,14 +57,19 @@ def _suite_order(test: dict) -> tuple:
     return (not known, ANALYSES.index(test["analysis"]) if known else 0, test["analysis"], test["nodeid"])
 
 
-def failed_lines(results: dict) -> list[str]:
-    """One line per failed threshold verdict or test without a result, for the terminal."""
-    out = []
+def failed_lines(results: dict, *, expected: bool | None = None) -> list[str]:
+    """One line per failed threshold verdict or test without a result, in the tables' order.
+
+    expected: None for all, True for declared expected failures (xfailed) only, False for the rest."""
     from qcheck.report.table import Index
 
-    order = {pair_id: i for i, pair_id in enumerate(Index(results).pair_ids)}  # the tables' order
+    order = {pair_id: i for i, pair_id in enumerate(Index(results).pair_ids)}
+    out = []
     for test in sorted(results["tests"], key=lambda t: (order[t["pair"]], _suite_order(t))):
-        head = f"{test['pair']} {test['analysis']}" + (" [expected failure]" if test["outcome"] == "xfailed" else "")
+        xfailed = test["outcome"] == "xfailed"
+        if expected is not None and xfailed != expected:
+            continue
+        head = f"{test['pair']} {test['analysis']}" + (" [expected failure]" if xfailed else "")
         if test["verdict"] == "fail":
             out.append(f"{head}: {'; '.join(test['failures'])}")
         elif test["verdict"] is None and test["outcome"] in ("error", "failed"):

@@ -14,7 +14,7 @@ from typing import Callable
 
 from matplotlib.figure import Figure
 
-from qcheck.report.table import fmt_params
+from qcheck.report.table import fmt_params, method_and_bits, method_order
 
 FP_COLOR, QUANT_COLOR, BAD, GOOD, OTHER = "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9a9a9a"
 HOOK_LABELS = {"hook_resid_post": "resid_post", "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out"}
@@ -242,8 +242,6 @@ def plot_scaling(points: dict[str, list[tuple[int, float | None, float | None]]]
     points[quant] = [(n_params, survival in [0, 1] or None, correlation or None), ...];
     names[n_params] labels the x ticks with the model's name."""
     from matplotlib import colormaps
-
-    from qcheck.report.table import method_order, method_and_bits
 
     figure = Figure(figsize=(11.5, 3.8), layout="constrained")
     ax, ax2 = figure.subplots(1, 2)

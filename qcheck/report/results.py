@@ -7,7 +7,7 @@ qcheck/report/schema.py, `python -m qcheck.report.schema` prints it):
      "run":         {started, finished, args, workers, notes, files}          # volatile
      "environment": {device, python, platform, versions: {torch, transformer_lens, ...}},
      "pairs": [{id, model: {name, kind, location, n_params, n_layers, n_heads, d_model, weight_digest},
-                quant: {spec, fields (every QuantSpec field), weight_digest (quantized weights),
+                quant: {name, spec, fields (every QuantSpec field), weight_digest (quantized weights),
                         cache_key, calibration: {source, digest}},
                 seeds: {induction, calibration, sae, fidelity_bootstrap},
                 builds: [{worker, from_cache, seconds}]}],                    # builds: volatile
@@ -96,7 +96,8 @@ def entry_for_pair(pair, worker: str) -> dict:
                   "n_params": model.n_params, "n_layers": getattr(cfg, "n_layers", None),
                   "n_heads": getattr(cfg, "n_heads", None), "d_model": getattr(cfg, "d_model", None),
                   "weight_digest": quantized.weight_digest},
-        "quant": {"spec": str(quantized.spec), "fields": dataclasses.asdict(quantized.spec),
+        "quant": {"name": pair.case.quant, "spec": str(quantized.spec),
+                  "fields": dataclasses.asdict(quantized.spec),
                   "weight_digest": model_digest(quantized.model), "cache_key": quantized.key,
                   "calibration": {"source": quantized.calibration_source,
                                   "digest": quantized.calibration_digest}},

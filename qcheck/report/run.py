@@ -22,6 +22,7 @@ from qcheck.report.write import check_directory, write_report
 
 WORKEROUTPUT_KEY = "qcheck_report"   # config.workeroutput[...] = a partial, as JSON text
 MIN_WIDTH = 160                      # a failed verdict's line is cut here at the narrowest (CI logs)
+MAX_FAILED = 30                      # failed verdicts listed in the terminal; all are in the report
 
 
 def _now() -> str:
@@ -29,6 +30,8 @@ def _now() -> str:
 
 
 class ReportRun:
+    """The report's state in one pytest process; the plugin keeps one in config.stash."""
+
     def __init__(self, *, directory: Path | None, worker: str | None, args: list[str], device: str) -> None:
         """worker: the xdist worker id in a worker, None in the controller (or a serial run)."""
         self.directory, self.worker, self.args, self.device = directory, worker, list(args), device
@@ -74,7 +77,9 @@ class ReportRun:
                 if seen["phases"]["setup"].skipped and not hasattr(seen["phases"]["setup"], "wasxfail"):
                     continue  # skipped before running: not a certification result
                 tests.append(self._test(session, nodeid, seen["case"], seen["analysis"], None))
-        return {"worker": worker, "pairs": list(pairs.values()), "tests": tests, "notes": list(self.notes)}
+        # the controller's own notes go into the run once (finish), not again through its partial
+        notes = list(self.notes) if self.worker else []
+        return {"worker": worker, "pairs": list(pairs.values()), "tests": tests, "notes": notes}
 
     def _test(self, session, nodeid: str, case, analysis: str, result) -> dict:
         seen = self._observed.get(nodeid, {"phases": {}})
@@ -101,13 +106,14 @@ class ReportRun:
                               + (f" (it went down: {str(error).strip().splitlines()[-1]})" if error else ""))
 
     def finish(self, session) -> dict | None:
-        """Merge, write the report directory if asked; the merged results (None if nothing ran)."""
+        """Merge, write the report directory if asked; the merged results (None if no
+        certification test ran: then nothing is written)."""
         partials = [*self._partials, self.partial(session)]
         run = {"started": self.started, "finished": _now(), "args": self.args, "notes": list(self.notes),
                "files": []}
         results = merge(partials, run=run, environment=environment(self.device))
-        if not results["tests"] and self.directory is None:
-            return None
+        if not results["tests"]:
+            return None  # nothing certified (e.g. --collect-only): an earlier report in DIR stays
         if self.directory is not None:
             try:
                 write_report(results, self.directory)
@@ -119,16 +125,22 @@ class ReportRun:
     def summary_lines(self, *, verbosity: int, width: int = 120) -> list[str]:
         """The terminal summary: the scaling table, the per-pair table (unless -q) and the
         failed verdicts, one line each, cut at the terminal's width (at least MIN_WIDTH)."""
-        if not self.results or not self.results["tests"]:
-            return [f"report written to {self.directory}"] if self.directory else []
+        if not self.results:
+            return [f"no certification test ran: {self.directory} left as it was"] if self.directory else []
         lines: list[str] = []
         tables = [scaling_table(self.results)] + ([pair_table(self.results)] if verbosity >= 0 else [])
         for t in tables:
             if t is not None:
                 lines += [*to_text(t), ""]
-        failed = failed_lines(self.results)
+        failed = failed_lines(self.results, expected=False)
         if failed:
-            lines += ["failed threshold verdicts:", *(_cut(f"  {line}", max(width, MIN_WIDTH)) for line in failed), ""]
+            shown = [_cut(f"  {line}", max(width, MIN_WIDTH)) for line in failed[:MAX_FAILED]]
+            more = [f"  ... and {len(failed) - MAX_FAILED} more"] if len(failed) > MAX_FAILED else []
+            lines += ["failed threshold verdicts:", *shown, *more, ""]
+        expected = failed_lines(self.results, expected=True)
+        if expected:
+            lines += [f"{len(expected)} declared expected failures failed as expected "
+                      f"(tests/certify/expected_failures.toml)", ""]
         lines += self.results["run"]["notes"]
         if self.directory is not None:
             lines.append(f"report: {self.directory / 'index.html'}")

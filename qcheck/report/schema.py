@@ -41,6 +41,8 @@ PAIR = _obj("One (model, quantizer) case: exactly what was certified.", {
         "n_layers": _opt(_INT), "n_heads": _opt(_INT), "d_model": _opt(_INT),
         "weight_digest": {**_STR, "description": "sha256 over the FP state_dict (quantize/cache.py model_digest)"}}),
     "quant": _obj("The quantizer and the quantized weights.", {
+        "name": {**_STR, "description": "the quantizer as in test ids: a QuantSpec short form, or "
+                                        "checkpoint:<folder> for --qcheck-checkpoint"},
         "spec": {**_STR, "description": "canonical QuantSpec short form, e.g. gptq-w4-g128-act"},
         "fields": {"type": "object", "description": "every QuantSpec field (quantize/spec.py)"},
         "weight_digest": {**_STR, "description": "sha256 over the quantized model's state_dict"},

@@ -74,7 +74,7 @@ class Index:
     def model_and_quant(self, pair_id: str) -> tuple[str, str]:
         pair = self.pairs.get(pair_id)
         if pair is not None:
-            return pair["model"]["name"], pair["quant"]["spec"]
+            return pair["model"]["name"], pair["quant"]["name"]
         test = next(t for (p, _), t in self.tests.items() if p == pair_id)
         case = re.search(r"\[(.*)\]$", test["nodeid"])
         return pair_id, case.group(1) if case else pair_id  # unbuilt pair: best effort
@@ -83,10 +83,17 @@ class Index:
         pair = self.pairs.get(pair_id)
         return pair["model"]["n_params"] if pair else None
 
+    def method_and_bits(self, pair_id: str) -> tuple[str, int | None]:
+        """The quantizer without its bit width, and the bit width (from the QuantSpec when the
+        name has none, as for checkpoint:<folder>)."""
+        method, bits = method_and_bits(self.model_and_quant(pair_id)[1])
+        pair = self.pairs.get(pair_id)
+        return method, bits if bits is not None or pair is None else pair["quant"]["fields"].get("bits")
+
     def _order(self, pair_id: str):
         params = self.n_params(pair_id)
-        model, quant = self.model_and_quant(pair_id)
-        method, bits = method_and_bits(quant)
+        model, _ = self.model_and_quant(pair_id)
+        method, bits = self.method_and_bits(pair_id)
         return (params is None, params or 0, model, -(bits or 0), method_order(method))
 
     def summary(self, pair_id: str, analysis: str) -> dict | None:
@@ -125,8 +132,8 @@ def scaling_table(results: dict) -> Table | None:
     for pair_id in index.pair_ids:
         if (pair_id, "circuits") not in index.tests:
             continue
-        model, quant = index.model_and_quant(pair_id)
-        method, bits = method_and_bits(quant)
+        model, _ = index.model_and_quant(pair_id)
+        method, bits = index.method_and_bits(pair_id)
         methods.add(method)
         params[model] = index.n_params(pair_id)
         cells.setdefault((model, bits), {})[method] = index.circuits(pair_id)

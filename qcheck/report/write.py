@@ -118,7 +118,7 @@ def render(results: dict) -> dict[str, bytes | str]:
 
 def scaling_points(results: dict) -> dict[str, list[tuple[int, float | None, float | None]]]:
     """Per quantizer: (n_params, induction survival, correlation) of every model with circuits."""
-    params = {p["id"]: (p["model"]["n_params"], p["quant"]["spec"]) for p in results["pairs"]}
+    params = {p["id"]: (p["model"]["n_params"], p["quant"]["name"]) for p in results["pairs"]}
     points: dict[str, list] = {}
     for test in results["tests"]:
         if test["analysis"] != "circuits" or not test.get("metrics") or test["pair"] not in params:

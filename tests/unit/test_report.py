@@ -251,3 +251,28 @@ def test_progress_is_silent_by_default_under_q_in_ci_and_in_workers(monkeypatch)
     assert terminal_progress(config(0)).silent
     monkeypatch.delenv("CI")
     assert not terminal_progress(config(0)).silent
+
+
+def test_terminal_summary_lists_failed_verdicts_up_to_a_limit(results, monkeypatch):
+    from qcheck.report import run as run_module
+
+    monkeypatch.setattr(run_module, "MAX_FAILED", 3)
+    run = run_module.ReportRun(directory=None, worker=None, args=[], device="cpu")
+    run.results = results
+    lines = run.summary_lines(verbosity=0, width=80)
+    start = lines.index("failed threshold verdicts:")
+    assert lines[start + 1].startswith("  zoo-small-rtn-w4 activations: resid_post cosine below 0.95")
+    assert lines[start + 4] == f"  ... and {len(certificate.failed_lines(results)) - 3} more"
+    assert "Per (model, quantizer)" not in run.summary_lines(verbosity=-1)
+
+
+def test_a_checkpoint_gets_its_own_column_at_its_specs_bit_width(results):
+    doc = json.loads(dumps(results))
+    pair = next(p for p in doc["pairs"] if p["id"] == "zoo-small-gptq-w4")
+    doc["pairs"].append({**pair, "id": "zoo-small-checkpoint:mine", "quant": {**pair["quant"], "name": "checkpoint:mine"}})
+    doc["tests"] += [{**t, "pair": "zoo-small-checkpoint:mine"} for t in doc["tests"] if t["pair"] == pair["id"]]
+    t = table.scaling_table(doc)
+    assert "checkpoint:mine survival" in t.headers
+    assert t.rows[0][t.headers.index("checkpoint:mine survival")] == "2/2 (100%)"
+    files = render(doc)
+    assert "zoo-small-checkpoint_mine/circuits.png" in files

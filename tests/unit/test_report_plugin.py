@@ -74,7 +74,7 @@ def test_report_records_outcomes_and_declared_expected_failures(suite):
     assert by_quant["rtn-w4"]["expected_failure"] == "measured: RTN-4 loses them"
     assert by_quant["gptq-w4"]["outcome"] == "passed" and by_quant["gptq-w4"]["verdict"] == "pass"
     assert (suite.path / "out" / "index.html").is_file()
-    result.stdout.fnmatch_lines(["*rtn-w4 circuits [[]expected failure[]]: lost induction heads*",
+    result.stdout.fnmatch_lines(["1 declared expected failures failed as expected (tests/certify/expected_failures.toml)",
                                  f"report: out{'/'}index.html"])
 
 
@@ -84,3 +84,24 @@ def test_a_report_directory_with_other_files_is_a_usage_error(suite):
     result = suite.runpytest(*ARGS, "--qcheck-report", "out", "--collect-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--qcheck-report out: the directory holds other files (thesis.tex)*"])
+
+
+def test_a_run_that_certifies_nothing_leaves_an_earlier_report(suite):
+    suite.runpytest(*ARGS, "--qcheck-report", "out")
+    before = (suite.path / "out" / "results.json").read_text()
+    result = suite.runpytest(*ARGS, "--qcheck-report", "out", "--collect-only")
+    assert result.ret == pytest.ExitCode.OK
+    assert (suite.path / "out" / "results.json").read_text() == before
+    result.stdout.fnmatch_lines(["no certification test ran: out left as it was"])
+
+
+def test_two_runs_into_one_directory_do_not_mix(suite):
+    suite.runpytest(*ARGS, "--qcheck-report", "out")
+    result = suite.runpytest("-p", "no:cacheprovider", "--qcheck-model", MODEL, "--qcheck-quant", "gptq-w4",
+                             "--qcheck-report", "out")
+    result.assert_outcomes(passed=1)
+    results = json.loads((suite.path / "out" / "results.json").read_text())
+    assert [t["pair"] for t in results["tests"]] == [f"{MODEL}-gptq-w4"]
+    assert not (suite.path / "out" / f"{MODEL}-rtn-w4").exists()
+    assert len(results["run"]["notes"]) == 1 and results["run"]["notes"][0].startswith("replaced the report")
+    result.stdout.fnmatch_lines(["replaced the report of the run finished * in out"])

@@ -38,3 +38,24 @@ def render_markdown(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def zoo_table(names: list[str]) -> str:
+    """The README's table of the zoo, one row per model, from the cards."""
+    rows = ["| model | family | parameters | layers x d_model x heads | context | training | "
+            "held-out loss | induction heads > 0.4 | previous-token heads > 0.4 |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        card, recipe = read_card(name), read_card(name)["recipe"]
+        heads = lambda found: ", ".join(f"{k} {v:.2f}" for k, v in found.items())
+        rows.append(f"| `{name}` | {recipe['family']} | {card['parameters']:,} | {recipe['n_layers']} x "
+                    f"{recipe['d_model']} x {recipe['n_heads']} | {recipe['window']} | {recipe['steps']:,} "
+                    f"steps, {card['training_seconds']:.0f} s | {card['held_out_loss_nats_per_byte']:.3f} | "
+                    f"{heads(card['induction_heads'])} | {heads(card['previous_token_heads'])} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    from qcheck.models.registry import zoo_names
+
+    print(zoo_table(zoo_names()))

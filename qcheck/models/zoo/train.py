@@ -55,9 +55,11 @@ RECIPES = {r.name: r for r in [
     # transition came late (~4,500 steps), hence 12,000.
     Recipe("zoo-gpt2-2l48", "gpt2", n_layers=2, d_model=48, n_heads=4, lr=1e-3, steps=12000, window=64),
     Recipe("zoo-gpt2-3l96", "gpt2", n_layers=3, d_model=96, n_heads=4, lr=1e-3, steps=6000, window=64),
-    # Pythia: at least 16 rotary dimensions (d_head >= 16). lr 1e-2 (NOTES-zoo.md) formed no head
-    # in 1,500 steps here; at 3e-3 the 2 x 64 model's transition came at ~1,200 steps.
-    Recipe("zoo-pythia-2l32", "pythia", n_layers=2, d_model=32, n_heads=2, lr=3e-3, steps=3000),
+    # Pythia: 16 rotary dimensions where d_head allows (with 4 of 24 no previous-token head formed,
+    # NOTES-zoo.md). lr 1e-2 formed no head in 1,500 steps here; at 3e-3 the 2 x 64 model's
+    # transition came at ~1,200 steps. The 2 x 32 model needs 4 heads (d_head 8, all 8 dims
+    # rotary): with 2 heads of 16 its layer 1 had room for one induction head only (0.72).
+    Recipe("zoo-pythia-2l32", "pythia", n_layers=2, d_model=32, n_heads=4, lr=3e-3, steps=3000, rotary_dims=8),
     Recipe("zoo-pythia-2l64", "pythia", n_layers=2, d_model=64, n_heads=4, lr=3e-3, steps=3000),
     Recipe("zoo-pythia-3l96", "pythia", n_layers=3, d_model=96, n_heads=4, lr=3e-3, steps=3000),
 ]}

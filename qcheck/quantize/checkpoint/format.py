@@ -38,7 +38,9 @@ SCALE_DTYPES = ("F16", "BF16", "F32")
 # checkpoint's config.json and the FP model's config have them.
 STRUCTURAL = ("vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "num_attention_heads",
               "n_head", "num_key_value_heads", "intermediate_size", "n_inner", "max_position_embeddings",
-              "n_positions", "rotary_pct", "use_parallel_residual", "bos_token_id", "eos_token_id")
+              "n_positions", "rotary_pct", "rotary_emb_base", "rope_theta", "rope_parameters",
+              "use_parallel_residual", "hidden_act", "activation_function", "layer_norm_eps",
+              "layer_norm_epsilon", "bos_token_id", "eos_token_id")
 
 
 class CheckpointWarning(UserWarning):
@@ -128,6 +130,9 @@ def read_quant_config(path: Path) -> GPTQConfig:
 def _parse_quant_config(cfg: dict, source: str) -> GPTQConfig:
     def refuse(problem: str) -> ValueError:
         return ValueError(f"{source}: {problem}")
+
+    if not isinstance(cfg, dict):
+        raise refuse(f"expected a JSON object, got {type(cfg).__name__}")
 
     method = str(cfg.get("quant_method", "gptq")).lower()
     if method != "gptq":
@@ -251,7 +256,8 @@ def check_layout(ckpt: Checkpoint, layout: Layout) -> None:
         if parts["qweight"] not in ckpt.tensors:
             stored = f"{module}.weight" in ckpt.tensors
             problems.append(f"{module} is not quantized (no {module}.qweight"
-                            + ("; it is stored in full precision as .weight)" if stored else ")"))
+                            + ("; it is stored in full precision as .weight: partial quantization is not "
+                               "supported)" if stored else ")"))
             continue
         for size, what in ((d_in, "d_in"), (d_out, "d_out")):
             if size * bits % WORD:
@@ -285,6 +291,13 @@ def check_layout(ckpt: Checkpoint, layout: Layout) -> None:
                             f"inside the transformer blocks")
         else:
             problems.append(f"unexpected tensor {name}: the FP model {layout.name} has no such tensor")
+    quantized = sorted(name.removesuffix(".qweight") for name in ckpt.tensors if name.endswith(".qweight"))
+    if quantized and not any(module in layout.linears for module in quantized):
+        raise ckpt.refuse(f"it quantizes none of the block linears of the FP model {layout.name} (it has "
+                          f"{quantized[0]}, ...; the FP model has {next(iter(layout.linears))}, ...): it is "
+                          f"for another architecture. Pass the FP model the checkpoint was quantized from "
+                          f"with --qcheck-model")
+    problems = list(dict.fromkeys(problems))  # a module's four parts report it once
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ckpt.refuse("does not match the FP model " + layout.name + ": " + "; ".join(problems[:5]) + more
@@ -297,18 +310,24 @@ def _check_config(ckpt: Checkpoint, layout: Layout) -> None:
     mine, theirs = ckpt.model_config, layout.config
     if mine.get("model_type") != theirs.get("model_type") or (
             mine.get("architectures") and mine.get("architectures") != theirs.get("architectures")):
-        raise ckpt.refuse(f"config.json is for {mine.get('model_type')} ({', '.join(mine.get('architectures') or [])}) "
-                          f"but the FP model {layout.name} is {theirs.get('model_type')} "
-                          f"({', '.join(theirs.get('architectures') or [])}); pass the FP model the "
-                          f"checkpoint was quantized from with --qcheck-model")
-    differ = [f"{key} {mine[key]!r} vs {theirs[key]!r}" for key in STRUCTURAL
-              if mine.get(key) is not None and theirs.get(key) is not None and mine[key] != theirs[key]]
+        raise ckpt.refuse(f"config.json is for {_architecture(mine)} but the FP model {layout.name} is "
+                          f"{_architecture(theirs)}; pass the FP model the checkpoint was quantized from "
+                          f"with --qcheck-model")
+    keys = [key for key in STRUCTURAL
+            if mine.get(key) is not None and theirs.get(key) is not None and mine[key] != theirs[key]]
+    differ = [f"{key} {mine[key]!r} vs {theirs[key]!r}" for key in keys]
     if differ:
-        what = "vocabulary" if any(k.split()[0] in ("vocab_size", "bos_token_id", "eos_token_id")
-                                   for k in differ) else "shape"
+        what = ("vocabulary" if {"vocab_size", "bos_token_id", "eos_token_id"} & set(keys) else
+                "shape" if any(key.startswith(("n_", "num_", "max_")) or key.endswith("_size") for key in keys) else
+                "configuration")
         raise ckpt.refuse(f"config.json describes another {what} than the FP model {layout.name} "
                           f"(checkpoint vs FP: {'; '.join(differ)}); pass the FP model the checkpoint "
                           f"was quantized from with --qcheck-model")
+
+
+def _architecture(config: dict) -> str:
+    names = ", ".join(config.get("architectures") or [])
+    return f"{config.get('model_type')}" + (f" ({names})" if names else "")
 
 
 def check_tokenizer(ckpt: Checkpoint, fp_vocab: dict[str, int] | None, fp_name: str) -> None:
