@@ -2,9 +2,10 @@
 certificate measured against garbage.
 
 - `check_model_dir` (cheap: JSON and safetensors headers, no weights; run by `resolve` at
-  collection): config.json is a JSON object; the weights are safetensors (pickles are refused,
-  never unpickled), every shard is present and every header parses and covers its file exactly
-  (a truncated or overwritten file fails here).
+  collection): config.json is a JSON object of an architecture transformers ships (no code from
+  the directory is ever run); the weights are safetensors (pickles are refused, never unpickled),
+  every shard is present and every header parses and covers its file exactly (a truncated or
+  overwritten file fails here).
 - `check_config_fits(config, ...)` (before loading): a config that describes more parameters than
   the files hold is refused before anything is allocated (transformers would randomly initialise
   the rest, or run out of memory building a model the weights never described).
@@ -53,6 +54,7 @@ def check_model_dir(directory: Path) -> None:
     config = json_object(directory / "config.json")
     if not isinstance(config.get("model_type"), str):
         raise ModelNotAvailable(f"{where}: config.json has no model_type; {SAVE_FIX}")
+    check_no_remote_code(config, where)
     files = weight_files(directory)
     if not files:
         pickled = pickled_files(directory)
@@ -129,9 +131,11 @@ def check_finite(model, where: str) -> None:
 def check_no_remote_code(config_dict: dict, where: str) -> None:
     """A config that only loads with code shipped in the directory (auto_map, an architecture
     transformers does not know) is refused: qcheck never sets trust_remote_code."""
+    if "auto_map" not in config_dict:
+        return
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-    if "auto_map" in config_dict and config_dict.get("model_type") not in CONFIG_MAPPING_NAMES:
+    if config_dict.get("model_type") not in CONFIG_MAPPING_NAMES:
         raise ModelNotAvailable(f"{where}: model_type {config_dict.get('model_type')!r} needs the code its "
                                 f"config.json names in auto_map; qcheck never runs code shipped with a model "
                                 f"(trust_remote_code stays off). Use an architecture transformers ships")

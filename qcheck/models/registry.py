@@ -160,7 +160,6 @@ def load_hf_model(spec: ModelSpec, *, device: str = "cpu"):
     if spec.kind != "hub":
         directory = Path(spec.location)
         checks.check_model_dir(directory)
-        checks.check_no_remote_code(checks.json_object(directory / "config.json"), where)
         pickled = checks.pickled_files(directory)
         if pickled:
             warnings.warn(f"{where}: ignoring {', '.join(pickled)} (pickled; qcheck loads only the "

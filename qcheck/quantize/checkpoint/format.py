@@ -1,7 +1,8 @@
 """GPTQ-packed checkpoints made by other tools (AutoGPTQ, GPTQModel, ...): read and check one.
 
 A checkpoint directory holds a quantization config (`quantize_config.json`, `quant_config.json`
-or `config.json` → `quantization_config`, looked up in that order as GPTQModel does) and
+or `config.json` → `quantization_config`, looked up in that order as GPTQModel does; those
+present must agree) and
 safetensors files with, per quantized linear, `<module>.qweight/.qzeros/.scales/.g_idx` (layout:
 packing.py), module names as in the HF model's state dict (`transformer.h.0.attn.c_attn`,
 `gpt_neox.layers.0.attention.query_key_value`), plus the model's unquantized tensors.
