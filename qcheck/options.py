@@ -25,9 +25,11 @@ def parse_device(text: str) -> str:
             raise ValueError(f"--qcheck-device {text}: CUDA is not available on this machine "
                              f"(torch {torch.__version__}); use --qcheck-device cpu or auto")
         index = int(text.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--qcheck-device {text}: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s)")
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(f"--qcheck-device {text}: this machine has {count} CUDA device(s), "
+                             f"cuda:0..cuda:{count - 1}; or use --qcheck-device cuda (under xdist each "
+                             f"worker then takes its own)")
     return text
 
 
