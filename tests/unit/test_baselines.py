@@ -179,8 +179,6 @@ def test_threshold_failure_still_fails_without_a_baseline(suite):
     suite.runpytest().assert_outcomes(passed=1, failed=1, warnings=1)
 
 
-
-
 def test_baseline_from_another_device_is_not_comparable_and_not_a_failure(suite):
     record(suite)
     header(suite, device="cuda")

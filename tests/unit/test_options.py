@@ -7,16 +7,6 @@ from qcheck.config import Thresholds
 from qcheck.options import parse_threshold_overrides, thresholds_from_pyproject
 
 
-
-
-
-
-
-
-
-
-
-
 def test_threshold_overrides_global_and_per_model():
     overrides = parse_threshold_overrides(["min_resid_cosine=0.9", "zoo-a:max_head_jsd=0.2"], Thresholds())
     assert overrides.for_model(Thresholds(), "zoo-a").max_head_jsd == 0.2

@@ -29,8 +29,6 @@ def test_bad_option_is_one_usage_error(suite, args, message):
     result.stderr.fnmatch_lines([f"*{message}*"])
 
 
-
-
 def test_narrowing_deselects_and_keeps_the_whole_matrix(suite):
     from qcheck.matrix import DEFAULT_QUANTS
     from qcheck.models.registry import zoo_names

@@ -77,21 +77,11 @@ def test_model_digest_sees_every_weight(tiny_gpt2_lm):
     assert model_digest(clone) != model_digest(tiny_gpt2_lm)
 
 
-
-
-
-
-
-
-
-
 def test_a_stray_temporary_file_does_not_hide_a_good_entry(tiny_gpt2_lm, tmp_path, count_quantize):
     spec = parse_quant_spec("rtn-w4")
     entry = _entry(tmp_path, load_or_quantize(tiny_gpt2_lm, spec, cache_dir=tmp_path))
     (entry.dir / f"{entry.key}.json.tmp-1-0").write_text("{")
     assert load_or_quantize(tiny_gpt2_lm, spec, cache_dir=tmp_path).from_cache and len(count_quantize) == 1
-
-
 
 
 def test_sampled_calibration_is_cached(tiny_gpt2_lm, tmp_path, monkeypatch):

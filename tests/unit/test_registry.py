@@ -8,24 +8,12 @@ from qcheck.models import registry
 from qcheck.models.load import load_model
 
 
-
-
 def tiny_gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=256, n_positions=32, n_embd=16, n_layer=1, n_head=2)
     return GPT2LMHeadModel(config).eval()
-
-
-
-
-
-
-
-
-
-
 
 
 def test_local_save_pretrained_directory_loads(tmp_path):
@@ -38,10 +26,6 @@ def test_local_save_pretrained_directory_loads(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded.hf(tokens).logits, model(tokens).logits, atol=1e-5)
     assert loaded.tokenizer.encode("A")[1:] == [65]  # vocab 256 and no tokenizer files: bytes
-
-
-
-
 
 
 def test_registry_refuses_duplicates():
