@@ -16,6 +16,7 @@ quantized in execution order, one input-sharing group at a time ((qkv), (attn ou
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -24,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from qcheck.quantize.grid import GridSpec, QuantizedWeight
+from qcheck.quantize.grid import GridSpec, QuantizedWeight, assemble
 from qcheck.quantize.hessian import HessianAccumulator
 from qcheck.quantize.spec import QuantSpec
 
@@ -107,6 +108,14 @@ def _is_conv1d(module: nn.Module) -> bool:
     return isinstance(module, Conv1D)
 
 
+def solver_dtype(device: torch.device) -> torch.dtype:
+    """float64 on the CPU: a float32 Hessian summed by a multi-threaded BLAS depends on the thread
+    count in its last bits, and at 3 bits that flipped a rounding decision in zoo-gpt2-3l96's last
+    block between a 1-thread and a 2-thread run. In float64 such a flip needs a weight within
+    ~1e-13 of a rounding boundary, so results are the same on any CPU run. float32 on GPUs."""
+    return torch.float64 if torch.device(device).type == "cpu" else torch.float32
+
+
 def quantize_weight(weight: Float[Tensor, "d_out d_in"], hessian: Float[Tensor, "d_in d_in"] | None,
                     spec: QuantSpec) -> QuantizedWeight:
     """Dispatch one weight to the spec's kernel."""
@@ -168,7 +177,10 @@ def quantize_model(hf_model: nn.Module, spec: QuantSpec,
 def _quantize_linear(name: str, module: nn.Module, hessian: Tensor | None, spec: QuantSpec,
                      on_layer: Callable[[str, QuantizedWeight], None] | None = None) -> LayerReport:
     tick = time.perf_counter()
-    W = get_rows(module).float().clone()  # a copy: set_rows below overwrites the module's weight
+    # A copy (set_rows below overwrites the module's weight); GPTQ solves in solver_dtype, RTN
+    # (no sums, nothing thread-dependent) rounds the float32 weight as the study did.
+    dtype = solver_dtype(module.weight.device) if hessian is not None else torch.float32
+    W = get_rows(module).to(dtype).clone()
     if not torch.isfinite(W).all():
         raise ValueError(f"{spec}: {name}.weight holds {int((~torch.isfinite(W)).sum())} NaN/Inf value(s) in "
                          f"the FP model; nothing can be certified against it: fix or re-export its weights")
@@ -179,10 +191,15 @@ def _quantize_linear(name: str, module: nn.Module, hessian: Tensor | None, spec:
     if not torch.isfinite(q.weight).all():  # a kernel bug must never reach a certificate
         raise RuntimeError(f"{spec}: {name}: the quantized weight holds NaN/Inf although the FP weight "
                            f"is finite; this is a bug in qcheck's quantizer, please report it")
+    if q.scales.dtype != torch.float32:
+        # Solved in float64; the grid itself is float32, as in checkpoints: round the scales and
+        # rebuild the weight from the codes, so an exported float32 checkpoint is this exactly.
+        rebuilt = assemble(q.codes, q.scales.float(), q.zeros.float(), q.g_idx, torch.float32)
+        q = dataclasses.replace(q, weight=rebuilt.weight, scales=rebuilt.scales, zeros=rebuilt.zeros)
     if on_layer is not None:
         on_layer(name, q)
     set_rows(module, q.weight.to(module.weight.dtype))
-    delta = W - q.weight.float()
+    delta = W - q.weight.to(W.dtype)
     output_error = None
     if hessian is not None:  # ‖ΔX‖² / ‖WX‖² = tr(Δ H Δᵀ) / tr(W H Wᵀ)
         output_error = float(((delta @ hessian) * delta).sum().clamp(min=0).sqrt()
@@ -252,7 +269,8 @@ def input_groups(block: nn.Module, linears: dict[str, nn.Module], first: BlockIn
 
 def collect_hessians(block: nn.Module, linears: dict[str, nn.Module], inputs: list[BlockInput]) -> dict[str, Tensor]:
     """H = 2/n Σ x xᵀ of each linear's inputs over all calibration batches run through `block`."""
-    accumulators = {name: HessianAccumulator(get_rows(m).shape[1], device=m.weight.device)
+    accumulators = {name: HessianAccumulator(get_rows(m).shape[1], device=m.weight.device,
+                                             dtype=solver_dtype(m.weight.device))
                     for name, m in linears.items()}
     handles = [m.register_forward_pre_hook(lambda m, args, name=name: accumulators[name].add_batch(args[0]))
                for name, m in linears.items()]

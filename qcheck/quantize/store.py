@@ -22,7 +22,7 @@ from pathlib import Path
 from filelock import FileLock
 from torch import Tensor
 
-FORMAT = 1  # bump when the layout or the meaning of an entry changes: old entries are ignored
+FORMAT = 2  # bump when the layout or the meaning of an entry changes: old entries are ignored
 
 
 class Entry:

@@ -69,7 +69,10 @@ def test_rows_are_independent(draw, data):
     options = dict(group_size=group_size, act_order=data.draw(st.booleans(), label="act_order"))
     fused = gptq(w, H, grid, **options).weight
     parts = [gptq(part, H, grid, **options).weight for part in (w[:split], w[split:]) if len(part)]
-    assert torch.equal(fused, torch.cat(parts))
+    # Not bit-equal: a matmul over 3 rows and one over 2 may use different BLAS kernels (seen with
+    # 2 threads). A real dependence between rows moves a weight by a whole grid step, far above
+    # this tolerance.
+    torch.testing.assert_close(fused, torch.cat(parts), rtol=1e-9, atol=1e-12)
 
 
 @given(data=st.data())
