@@ -56,7 +56,11 @@ def result(cosine_l1: float = 0.991234567, noise: float = 0.0) -> dict:
 
 
 @pytest.fixture
-def suite(pytester):
+def suite(pytester, monkeypatch):
+    # When this file itself runs under xdist, syrupy in the inner run would read the outer
+    # worker's PYTEST_XDIST_WORKER and skip its unused-snapshot report.
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
     pytester.makeini("[pytest]\nmarkers =\n    activations: a\n")
     pytester.mkdir("tests")
     pytester.mkdir("tests/certify")
