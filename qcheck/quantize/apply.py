@@ -194,8 +194,14 @@ def _quantize_linear(name: str, module: nn.Module, hessian: Tensor | None, spec:
     if q.scales.dtype != torch.float32:
         # Solved in float64; the grid itself is float32, as in checkpoints: round the scales and
         # rebuild the weight from the codes, so an exported float32 checkpoint is this exactly.
-        rebuilt = assemble(q.codes, q.scales.float(), q.zeros.float(), q.g_idx, torch.float32)
-        q = dataclasses.replace(q, weight=rebuilt.weight, scales=rebuilt.scales, zeros=rebuilt.zeros)
+        scales, zeros, codes = q.scales.float(), q.zeros.float(), q.codes
+        underflow = scales == 0  # a denormal-range group: its float64 scale is below float32's range
+        if underflow.any():  # as grid._nonzero does in float32: scale 1, codes at the zero, weight 0
+            scales = torch.where(underflow, torch.ones_like(scales), scales)
+            codes = torch.where(underflow[:, q.g_idx], zeros[:, q.g_idx].long(), codes)
+        rebuilt = assemble(codes, scales, zeros, q.g_idx, torch.float32)
+        q = dataclasses.replace(q, weight=rebuilt.weight, codes=rebuilt.codes, scales=rebuilt.scales,
+                                zeros=rebuilt.zeros)
     if on_layer is not None:
         on_layer(name, q)
     set_rows(module, q.weight.to(module.weight.dtype))
