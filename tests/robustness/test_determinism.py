@@ -84,13 +84,14 @@ def run_certify(out: Path, cache: Path, *extra: str) -> dict:
 def test_serial_runs_and_xdist_give_identical_results_json(tmp_path):
     """Three real pytest runs, each with a fresh cache: serial twice, then `-n 2` (whose two workers
     also race for the one cache entry). results.json is identical up to its volatile fields (times,
-    which worker built what). The report's own xdist test reuses a warm cache:
-    tests/unit/test_report_xdist.py."""
-    from qcheck.report.schema import comparable
+    which worker built what). This is also the report's merge test: the controller's merged
+    results.json under -n 2 equals the serial one."""
+    from qcheck.report.schema import comparable, validate
 
     serial = [run_certify(tmp_path / f"serial{i}", tmp_path / f"cache{i}") for i in (1, 2)]
     parallel = run_certify(tmp_path / "xdist", tmp_path / "cache3", "-n", "2", "--dist", "load")
     assert len(serial[0]["tests"]) == 3 and parallel["run"]["workers"] == ["gw0", "gw1"]
     assert comparable(serial[1]) == comparable(serial[0])
     assert comparable(parallel) == comparable(serial[0])
+    assert validate(serial[0]) == [] and validate(parallel) == []
     assert serial[0]["pairs"][0]["seeds"] == seeds(parse_quant_spec(QUANT))
