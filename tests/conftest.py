@@ -61,3 +61,11 @@ def calibration_tokens() -> torch.Tensor:
     tokens = torch.randint(1, 256, (20, 16), generator=torch.Generator().manual_seed(0))
     tokens[:, 0] = 0
     return tokens
+
+
+def plugin_suite(pytester, test_source: str):
+    """A pytester project that loads qcheck's plugin and holds one certification-style test."""
+    pytester.makeconftest('pytest_plugins = ["qcheck.plugin"]')
+    pytester.makeini("[pytest]\nmarkers =\n    activations: a\n    xdist_group(name): g\n")
+    pytester.makepyfile(test_certify=test_source)
+    return pytester

@@ -14,7 +14,7 @@ import torch
 from qcheck.matrix import DEFAULT_QUANTS, Case, build_cases, is_selected
 from qcheck.models.registry import ZOO_DIR, zoo_names
 
-from tests.conftest import build_tiny
+from tests.conftest import build_tiny, plugin_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ["zoo-a", "zoo-b"]
@@ -61,10 +61,7 @@ def test_certify(pair):
 
 @pytest.fixture
 def suite(pytester):
-    pytester.makeconftest('pytest_plugins = ["qcheck.plugin"]')
-    pytester.makeini("[pytest]\nmarkers =\n    activations: a\n    xdist_group(name): g\n")
-    pytester.makepyfile(test_certify=PAIR_TEST)
-    return pytester
+    return plugin_suite(pytester, PAIR_TEST)
 
 
 def test_the_checkpoint_case_is_collected_and_runs(suite, zoo_checkpoint, monkeypatch, tmp_path):

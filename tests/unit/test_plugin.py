@@ -3,6 +3,8 @@ message naming the value and the fix; narrowing deselects and never shrinks the 
 
 import pytest
 
+from tests.conftest import plugin_suite
+
 CERTIFY_TEST = """
 import pytest
 @pytest.mark.activations
@@ -13,10 +15,7 @@ def test_certify(pair):
 
 @pytest.fixture
 def suite(pytester):
-    pytester.makeconftest('pytest_plugins = ["qcheck.plugin"]')
-    pytester.makeini("[pytest]\nmarkers =\n    activations: a\n    xdist_group(name): g\n")
-    pytester.makepyfile(test_certify=CERTIFY_TEST)
-    return pytester
+    return plugin_suite(pytester, CERTIFY_TEST)
 
 
 # Bad models, quantizers and devices on the command line: tests/robustness/ (the catalogue).
