@@ -29,20 +29,23 @@ MAX_LISTED = 30
 class Header:
     """What a baseline's numbers depend on besides the code under test.
 
-    A different model, weight digest, quantizer spec, calibration digest, analysis version or
-    measurement basis (the frozen SAE of the features analysis) is a real change in what is
-    measured. A different dtype or device only changes floating-point rounding: numbers from
-    there are not comparable, which is not a regression.
+    A different model, weight digest, quantizer spec, calibration digest, prompt tokens, analysis
+    version or measurement basis (the frozen SAE of the features analysis) is a real change in
+    what is measured. A different dtype or device only changes floating-point rounding: numbers
+    from there are not comparable, which is not a regression. Package versions (ENVIRONMENT)
+    are recorded: a result from other versions is still compared, and drift names the change.
     """
 
     model: str
     weight_digest: str
     quant: str                      # canonical QuantSpec string, e.g. "gptq-w4-g128-act"
     calibration_digest: str | None  # None for methods without calibration (RTN)
+    inputs_digest: str              # sha256 of the prompt set's token ids and mask, for this model
     analysis: str                   # test marker name, e.g. "activations"
     analysis_version: int           # qcheck.analyses.ANALYSIS_VERSIONS
     dtype: str                      # "float32"
     device: str                     # device type: "cpu" or "cuda"
+    environment: dict               # {"torch": "2.13.0", ...}: recorded, named on drift, not identity
     basis_digest: str | None = None  # the SAE's digest for "features"; None elsewhere
 
     def as_dict(self) -> dict[str, Any]:
@@ -51,6 +54,8 @@ class Header:
 
 # Fields that make two runs' numbers not comparable at all (rounding differs), rather than changed.
 PLATFORM = ("dtype", "device")
+# Recorded for the reader and named when values drift; not part of what makes numbers comparable.
+ENVIRONMENT = "environment"
 # Fields every recorded header has (later optional fields, like basis_digest, have defaults).
 REQUIRED = tuple(f.name for f in fields(Header) if f.default is MISSING)
 
@@ -60,6 +65,7 @@ _MEANING = {
     "weight_digest": "the FP model's weights changed",
     "quant": "the quantizer spec changed",
     "calibration_digest": "the calibration data changed",
+    "inputs_digest": "the prompt tokens changed",
     "analysis": "the analysis changed",
     "analysis_version": "the analysis version changed",
     "basis_digest": "the SAE measurement basis changed",
@@ -202,6 +208,7 @@ class Drift:
     header: tuple[str, ...]     # one sentence per changed header field
     changes: tuple[Change, ...]
     n_values: int               # values in the new results
+    versions: tuple[str, ...] = ()  # "torch 2.12.0 → 2.13.0": package versions that differ
 
     @property
     def ok(self) -> bool:
@@ -220,6 +227,8 @@ class Drift:
             tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
             lines.append(f"{len(self.changes)} of {self.n_values} values in {where} moved beyond "
                          f"tolerance ({tally}):")
+            if self.versions:
+                lines.append(f"  (recorded under other package versions: {'; '.join(self.versions)})")
             listed = self.changes[:MAX_LISTED]
             width = max(len(c.path) for c in listed)
             lines += ["  " + change.describe(width) for change in listed]
@@ -236,7 +245,13 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> Drift:
     """Compare two parsed baseline documents (header and results)."""
     old_header, new_header = old["header"], new["header"]
     header = []
+    old_versions, new_versions = old_header.get(ENVIRONMENT) or {}, new_header.get(ENVIRONMENT) or {}
+    versions = tuple(f"{name} {old_versions.get(name)} → {new_versions.get(name)}"
+                     for name in dict.fromkeys([*old_versions, *new_versions])
+                     if old_versions.get(name) != new_versions.get(name))
     for key in dict.fromkeys([*old_header, *new_header]):
+        if key == ENVIRONMENT:
+            continue
         before, after = old_header.get(key), new_header.get(key)
         if before != after:
             meaning = _MEANING.get(key, f"header field {key!r} changed") if key not in PLATFORM \
@@ -244,7 +259,8 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> Drift:
             header.append(f"{meaning} ({_short(before)} → {_short(after)})")
     changes = sorted(_walk(old["results"], new["results"], ""),
                      key=lambda c: c.path.split(".")[0] != "summary")  # stable: file order otherwise
-    return Drift(header=tuple(header), changes=tuple(changes), n_values=_count(new["results"]))
+    return Drift(header=tuple(header), changes=tuple(changes), n_values=_count(new["results"]),
+                 versions=versions)
 
 
 def settle(old: Any, new: Any, path: str = "") -> Any:

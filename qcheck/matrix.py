@@ -6,16 +6,13 @@ otherwise treat the other baselines as unused and delete them on --snapshot-upda
 (--qcheck-checkpoint, quantizer `checkpoint:<name>`) belongs to one FP model: it is paired with
 the command-line models only, and adds to the selected quantizers without replacing the defaults.
 
-Expected failures are declared in one reviewed file, tests/certify/expected_failures.toml, and run
-as strict xfails: a certifier that stops failing is itself a failure.
+Expected failures of the matrix are declared in tests/certify/expected_failures.toml (read by
+qcheck/expected.py, judged by qcheck/verdict.py).
 """
 
 from __future__ import annotations
 
-import fnmatch
-import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 
 # 8-bit RTN is the control that must pass, 2-bit RTN the control that must fail; 4 and 3 bits
 # under both methods are where the study's question lives.
@@ -48,36 +45,3 @@ def is_selected(case: Case, models: list[str], quants: list[str], checkpoints: l
     model_ok = not models or case.model in models
     quant_ok = case.quant in quants if quants else case.quant in DEFAULT_QUANTS
     return model_ok and (quant_ok or case.quant in checkpoints)
-
-
-@dataclass(frozen=True)
-class ExpectedFailure:
-    model: str      # fnmatch pattern
-    quant: str      # fnmatch pattern
-    analysis: str   # test marker name, or "*"
-    reason: str
-
-    def matches(self, case: Case, analysis: str) -> bool:
-        return (fnmatch.fnmatchcase(case.model, self.model) and fnmatch.fnmatchcase(case.quant, self.quant)
-                and fnmatch.fnmatchcase(analysis, self.analysis))
-
-
-def load_expected_failures(path: Path) -> list[ExpectedFailure]:
-    """[[xfail]] tables with model, quant, analysis, reason (all required)."""
-    if not path.is_file():
-        return []
-    try:
-        entries = tomllib.loads(path.read_text()).get("xfail", [])
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path}: not valid TOML ({error})") from None
-    declared = []
-    for index, entry in enumerate(entries):
-        missing = {"model", "quant", "analysis", "reason"} - set(entry)
-        if missing:
-            raise ValueError(f"{path}: [[xfail]] entry {index} lacks {', '.join(sorted(missing))}")
-        declared.append(ExpectedFailure(**{k: str(entry[k]) for k in ("model", "quant", "analysis", "reason")}))
-    return declared
-
-
-def expected_failure(declared: list[ExpectedFailure], case: Case, analysis: str) -> ExpectedFailure | None:
-    return next((entry for entry in declared if entry.matches(case, analysis)), None)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import pytest
 
 from qcheck.analyses import ANALYSIS_VERSIONS
+from qcheck.quantize.store import CacheWriteError
 from qcheck.report.progress import terminal_progress
 from qcheck.report.run import WORKEROUTPUT_KEY, ReportRun
 from qcheck.session import QcheckSession
+from qcheck.verdict import judge
 
 # The `baseline` fixture and its hooks (syrupy glue; see qcheck/baselines.py).
 pytest_plugins = ["qcheck.baselines"]
@@ -42,6 +44,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qcheck-cache", default=None, metavar="DIR",
                     help="cache of quantized weights and SAEs (default: $QCHECK_CACHE_DIR or "
                          "~/.cache/qcheck).")
+    group.addoption("--qcheck-require-baselines", action="store_true", default=False,
+                    help="fail a certification test of the default matrix that has no comparable "
+                         "baseline (missing, or recorded on another device or dtype) instead of "
+                         "warning. .ci/run sets it.")
     group.addoption("--qcheck-report", default=None, metavar="DIR",
                     help="write a report to DIR: results.json, a certificate per (model, quantizer), "
                          "plots, the scaling table and index.html. DIR must be new, empty or hold an "
@@ -56,7 +62,13 @@ def pytest_configure(config: pytest.Config) -> None:
             args=config.invocation_params.args, device=config.getoption("--qcheck-device"))
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
-    config.stash[_SESSION].progress = terminal_progress(config)
+    session = config.stash[_SESSION]
+    session.progress = terminal_progress(config)
+    from qcheck import baselines  # loaded by pytest_plugins below, after this module
+
+    config.stash[baselines.DEVICE_CLASS] = session.device.split(":")[0]
+    config.stash[baselines.REQUIRE] = lambda case: (session.require_baselines and case is not None
+                                                    and session.in_default_matrix(case))
 
 
 _SESSION = pytest.StashKey[QcheckSession]()
@@ -79,10 +91,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         case = getattr(item, "callspec", None) and item.callspec.params.get("pair")
         (keep if case is None or session.selected(case) else drop).append(item)
-        expected = case and session.expected_failure(case, _analysis(item))
-        if expected:
-            item.add_marker(pytest.mark.xfail(strict=True, reason=f"declared in "
-                                              f"tests/certify/expected_failures.toml: {expected.reason}"))
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -112,7 +120,10 @@ def fp_bridge(fp_model, qcheck_session: QcheckSession):
 @pytest.fixture(scope="session")
 def pair(request: pytest.FixtureRequest, qcheck_session: QcheckSession):
     """FP and quantized bridges for one (model, quantizer) case, built once per worker."""
-    return qcheck_session.pair(request.param)
+    try:
+        return qcheck_session.pair(request.param)
+    except CacheWriteError as error:  # one line naming the directory and the fix, no traceback
+        pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +138,31 @@ def record(request: pytest.FixtureRequest, pair, qcheck_session: QcheckSession):
         qcheck_session.record(pair, _analysis(request.node), request.node.nodeid, result)
         return result
     return keep
+
+
+@pytest.fixture
+def certify(request: pytest.FixtureRequest, pair, thresholds, record, baseline, qcheck_session: QcheckSession):
+    """certify(result): the threshold verdict, then the baseline, then the declaration.
+
+    A result that fails a threshold fails the test, unless tests/certify/expected_failures.toml
+    declares exactly the criteria it fails (qcheck/verdict.py); then its baseline is compared as
+    a passing result's is, and only then does the test count as an expected failure. Exceptions
+    are never expected: they fail or error the test, whatever is declared.
+    """
+    def check(result) -> None:
+        __tracebackhide__ = True
+        record(result)
+        expected = qcheck_session.expected_failure(pair.case, _analysis(request.node))
+        judgement = judge(result.failures(thresholds), expected and expected.fails,
+                          where=" in tests/certify/expected_failures.toml" if expected else "")
+        if judgement.outcome == "fail":
+            pytest.fail(judgement.message, pytrace=False)
+        from qcheck.baselines import compare_baseline
+
+        compare_baseline(baseline, result.as_baseline())
+        if judgement.outcome == "expected":
+            pytest.xfail(judgement.message)
+    return check
 
 
 @pytest.fixture(scope="session")

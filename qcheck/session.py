@@ -6,6 +6,7 @@ Nothing here imports pytest; `from_pytest_config` reads a config object duck-typ
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from qcheck import matrix
+from qcheck.analyses import ANALYSIS_VERSIONS
 from qcheck.config import Thresholds
+from qcheck.expected import ExpectedFailure, load_expected_failures
 from qcheck.options import (ThresholdOverrides, check_calibration_lengths, parse_threshold_overrides,
                             session_device, thresholds_from_pyproject)
 from qcheck.report.progress import Progress
@@ -30,9 +33,11 @@ class QcheckSession:
     pyproject_per_model: dict[str, dict[str, Any]]
     overrides: ThresholdOverrides
     cache_dir: Path
-    expected_failures: list[matrix.ExpectedFailure]
+    expected_failures: dict[tuple[str, str, str], ExpectedFailure]
     # --qcheck-checkpoint: {"checkpoint:<name>": directory}, validated against the one --qcheck-model
     checkpoints: dict[str, str] = field(default_factory=dict)
+    # --qcheck-require-baselines: a default-matrix result with no comparable baseline fails
+    require_baselines: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
     results: list = field(default_factory=list, repr=False)
     # Long steps report here (quantization with its calibration, the SAE basis); the plugin sets a
@@ -44,6 +49,7 @@ class QcheckSession:
         """Validate every qcheck option once; raises ValueError naming the bad value."""
         from qcheck.models.registry import ModelNotAvailable, resolve, zoo_names
         from qcheck.quantize.cache import default_cache_dir
+        from qcheck.quantize.store import check_cache_dir
         from qcheck.quantize.checkpoint.options import validate_checkpoints
         from qcheck.quantize.spec import parse_quant_spec
 
@@ -63,6 +69,10 @@ class QcheckSession:
             quants.append(str(parse_quant_spec(text)))  # canonical form: one id per spec
         check_calibration_lengths(quants, models or zoo_names())
         cache = config.getoption("--qcheck-cache") or table.get("cache_dir")
+        cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
+        check_cache_dir(cache_dir, "--qcheck-cache" if config.getoption("--qcheck-cache") else
+                        "[tool.qcheck] cache_dir" if cache else "QCHECK_CACHE_DIR"
+                        if os.environ.get("QCHECK_CACHE_DIR") else "the default cache directory")
         return cls(
             models=models, quants=quants,
             # under xdist (workerinput), worker gwK takes GPU K mod n
@@ -70,9 +80,11 @@ class QcheckSession:
                                   getattr(config, "workerinput", {}).get("workerid")),
             base_thresholds=base, pyproject_per_model=per_model,
             overrides=parse_threshold_overrides(config.getoption("--qcheck-threshold"), base),
-            cache_dir=Path(cache).expanduser() if cache else default_cache_dir(),
-            expected_failures=matrix.load_expected_failures(Path(config.rootpath) / EXPECTED_FAILURES),
+            cache_dir=cache_dir,
+            expected_failures=load_expected_failures(Path(config.rootpath) / EXPECTED_FAILURES,
+                                                     tuple(ANALYSIS_VERSIONS)),
             checkpoints=validate_checkpoints(config.getoption("--qcheck-checkpoint"), models),
+            require_baselines=bool(config.getoption("--qcheck-require-baselines")),
         )
 
     # --- the matrix -----------------------------------------------------------------------
@@ -84,8 +96,16 @@ class QcheckSession:
     def selected(self, case: matrix.Case) -> bool:
         return matrix.is_selected(case, self.models, self.quants, list(self.checkpoints))
 
-    def expected_failure(self, case: matrix.Case, analysis: str):
-        return matrix.expected_failure(self.expected_failures, case, analysis)
+    def expected_failure(self, case: matrix.Case, analysis: str) -> ExpectedFailure | None:
+        """The case's declaration, if any and if it applies under the case's thresholds."""
+        entry = self.expected_failures.get((case.model, case.quant, analysis))
+        return entry if entry is not None and entry.applies(self.thresholds_for(case.model)) else None
+
+    def in_default_matrix(self, case: matrix.Case) -> bool:
+        """Cases whose baselines are committed: every zoo model under the default quantizers."""
+        from qcheck.models.registry import zoo_names
+
+        return case.model in zoo_names() and case.quant in matrix.DEFAULT_QUANTS
 
     def thresholds_for(self, model: str) -> Thresholds:
         base = self.base_thresholds.updated(self.pyproject_per_model.get(model, {}),

@@ -12,3 +12,14 @@ ANALYSIS_VERSIONS = {
     "circuits": 1,
     "fidelity": 1,
 }
+
+# The prompt set each analysis reads (qcheck/pair.py PROMPT_SETS); its token ids go into the
+# baseline header, so a change of prompts reads as "the inputs changed", not as drift.
+ANALYSIS_PROMPT_SETS = {
+    "activations": "natural",
+    "attention": "natural",
+    "features": "natural",
+    "logit_lens": "lens",
+    "circuits": "induction",
+    "fidelity": "natural",
+}

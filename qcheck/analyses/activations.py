@@ -16,6 +16,7 @@ from qcheck.analyses._common import (check_same_inputs, fails_min, fmt, layer_ke
                                      worst_first)
 from qcheck.capture import Capture
 from qcheck.config import Thresholds
+from qcheck.verdict import Failure
 
 HOOKS = ("hook_resid_post", "hook_attn_out", "hook_mlp_out")
 METRICS = ("cosine", "l2", "relative_l2", "pearson")
@@ -42,14 +43,15 @@ class ActivationResult:
         """The verdict's number: the lowest per-layer mean resid_post cosine."""
         return min(self.resid_cosine)
 
-    def failures(self, thresholds: Thresholds) -> list[str]:
+    def failures(self, thresholds: Thresholds) -> list[Failure]:
         low = [(c, layer) for layer, c in enumerate(self.resid_cosine)
                if fails_min(c, thresholds.min_resid_cosine)]
         if not low:
             return []
         where = listing(f"{layer_key(layer)} ({fmt(c)})"
                         for c, layer in worst_first(low, lambda item: item[0], high_is_bad=False))
-        return [f"resid_post cosine below {fmt(thresholds.min_resid_cosine)} at {where}"]
+        return [Failure("min_resid_cosine", f"resid_post cosine below {fmt(thresholds.min_resid_cosine)} "
+                        f"at {where}", min(c for c, _ in low))]
 
     def notes(self) -> list[str]:
         return []

@@ -22,6 +22,7 @@ from qcheck.analyses._common import (check_same_inputs, fails_max, fails_min, fm
                                      layer_names, listing, worst_first)
 from qcheck.capture import Capture
 from qcheck.config import Thresholds
+from qcheck.verdict import Failure
 
 # The study's rule for "is a previous-token head", before and after quantization.
 PREV_TOKEN_THRESHOLD = 0.4
@@ -92,21 +93,23 @@ class AttentionResult:
         found = self.prev_token_heads
         return len(self.prev_token_survivors) / len(found) if found else None
 
-    def failures(self, thresholds: Thresholds) -> list[str]:
+    def failures(self, thresholds: Thresholds) -> list[Failure]:
         out = []
         divergent = [(l, h) for l, h in self._heads() if fails_max(self.jsd[l][h], thresholds.max_head_jsd)]
         if divergent:
             ranked = worst_first(divergent, lambda lh: self.jsd[lh[0]][lh[1]], high_is_bad=True)
-            out.append(f"attention JSD above {fmt(thresholds.max_head_jsd)} bits at "
-                       + listing(f"{head_key(l, h)} ({fmt(self.jsd[l][h])})" for l, h in ranked))
+            out.append(Failure("max_head_jsd", f"attention JSD above {fmt(thresholds.max_head_jsd)} bits at "
+                               + listing(f"{head_key(l, h)} ({fmt(self.jsd[l][h])})" for l, h in ranked),
+                               self.jsd[ranked[0][0]][ranked[0][1]]))
         if fails_min(self.prev_token_survival, thresholds.min_prev_token_survival):
             lost = [lh for lh in self.prev_token_heads if lh not in self.prev_token_survivors]
             ranked = worst_first(lost, lambda lh: self.prev_token_quant[lh[0]][lh[1]], high_is_bad=False)
-            out.append(f"lost previous-token heads "
+            out.append(Failure("min_prev_token_survival", f"lost previous-token heads "
                        + listing(f"{head_key(l, h)} {fmt(self.prev_token_fp[l][h])}→"
                                  f"{fmt(self.prev_token_quant[l][h])}" for l, h in ranked)
                        + f" ({len(self.prev_token_survivors)}/{len(self.prev_token_heads)} above "
-                       f"{PREV_TOKEN_THRESHOLD} after; need {fmt(thresholds.min_prev_token_survival)})")
+                       f"{PREV_TOKEN_THRESHOLD} after; need {fmt(thresholds.min_prev_token_survival)})",
+                       self.prev_token_survival))
         return out
 
     def notes(self) -> list[str]:

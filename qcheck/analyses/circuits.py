@@ -26,6 +26,7 @@ from qcheck.analyses._common import (fails_max, fails_min, fmt, head_key, layer_
 from qcheck.analyses.heads import induction_scores
 from qcheck.capture import Capture
 from qcheck.config import Thresholds
+from qcheck.verdict import Failure
 
 FIXED_THRESHOLD = 0.4
 RULES = ("fixed", "relative")
@@ -129,7 +130,7 @@ class InductionResult:
     def icl_loss_increase(self) -> float:
         return self.icl_loss_quant - self.icl_loss_fp
 
-    def failures(self, thresholds: Thresholds) -> list[str]:
+    def failures(self, thresholds: Thresholds) -> list[Failure]:
         if thresholds.induction_rule != self.rule:
             raise ValueError(f"result computed with rule={self.rule!r}, thresholds ask for "
                              f"{thresholds.induction_rule!r}: pass rule=thresholds.induction_rule")
@@ -137,19 +138,21 @@ class InductionResult:
         if not o.detected:
             best = max(((l, h) for l, row in enumerate(self.scores_fp) for h in range(len(row))),
                        key=lambda lh: self.scores_fp[lh[0]][lh[1]])
-            out.append(f"FP model has no induction heads under the {o.rule} rule (score > "
-                       f"{fmt(o.detect_threshold)}; best {head_key(*best)} "
-                       f"{fmt(self.scores_fp[best[0]][best[1]])}); nothing to certify")
+            out.append(Failure("induction_heads_detected",
+                               f"FP model has no induction heads under the {o.rule} rule (score > "
+                               f"{fmt(o.detect_threshold)}; best {head_key(*best)} "
+                               f"{fmt(self.scores_fp[best[0]][best[1]])}); nothing to certify"))
         elif fails_min(o.survival, thresholds.min_induction_survival):
             ranked = worst_first(o.lost, lambda lh: self.scores_quant[lh[0]][lh[1]], high_is_bad=False)
-            out.append("lost induction heads "
+            out.append(Failure("min_induction_survival", "lost induction heads "
                        + listing(f"{head_key(l, h)} {fmt(self.scores_fp[l][h])}→"
                                  f"{fmt(self.scores_quant[l][h])}" for l, h in ranked)
-                       + f" ({len(o.survived)}/{len(o.detected)} survive; {o.describe()})")
+                       + f" ({len(o.survived)}/{len(o.detected)} survive; {o.describe()})", o.survival))
         if fails_max(self.icl_loss_increase, thresholds.max_icl_loss_increase):
-            out.append(f"in-context loss on the repeated half rose {fmt(self.icl_loss_fp)}→"
-                       f"{fmt(self.icl_loss_quant)} nats/token (+{fmt(self.icl_loss_increase)} > "
-                       f"{fmt(thresholds.max_icl_loss_increase)})")
+            out.append(Failure("max_icl_loss_increase",
+                               f"in-context loss on the repeated half rose {fmt(self.icl_loss_fp)}→"
+                               f"{fmt(self.icl_loss_quant)} nats/token (+{fmt(self.icl_loss_increase)} > "
+                               f"{fmt(thresholds.max_icl_loss_increase)})", self.icl_loss_increase))
         return out
 
     def notes(self) -> list[str]:

@@ -27,6 +27,7 @@ from qcheck.analyses._common import check_same_inputs, fails_min, fmt, listing, 
 from qcheck.analyses.sae import SAE
 from qcheck.capture import Capture
 from qcheck.config import Thresholds
+from qcheck.verdict import Failure
 
 # The study's rule.
 TOP_FEATURES = 20
@@ -106,16 +107,17 @@ class FeatureResult:
         """Fraction of the top features that survive, in [0, 1]."""
         return sum(self.survived) / len(self.features)
 
-    def failures(self, thresholds: Thresholds) -> list[str]:
+    def failures(self, thresholds: Thresholds) -> list[Failure]:
         if not fails_min(self.survival, thresholds.min_feature_survival):
             return []
         lost = [i for i, ok in enumerate(self.survived) if not ok]
         ranked = worst_first(lost, lambda i: self.shared[i], high_is_bad=False)
-        return [f"SAE feature survival {fmt(self.survival)} < {fmt(thresholds.min_feature_survival)} "
+        return [Failure("min_feature_survival", f"SAE feature survival {fmt(self.survival)} < "
+                f"{fmt(thresholds.min_feature_survival)} "
                 f"({sum(self.survived)}/{len(self.features)} keep >= {MIN_SHARED} of their top-"
                 f"{TOP_POSITIONS} positions): lost "
                 + listing(f"{feature_key(self.features[i])} ({self.shared[i]}/{TOP_POSITIONS} shared, "
-                          f"r={fmt(self.pearson[i])})" for i in ranked)]
+                          f"r={fmt(self.pearson[i])})" for i in ranked), self.survival)]
 
     def notes(self) -> list[str]:
         if self.fve_fp >= MIN_USEFUL_FVE:

@@ -21,6 +21,7 @@ from qcheck import metrics
 from qcheck.analyses._common import check_same_inputs, fails_max, fails_min, fmt
 from qcheck.capture import Capture
 from qcheck.config import Thresholds
+from qcheck.verdict import Failure
 
 
 def next_token_losses(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
@@ -60,19 +61,21 @@ class FidelityResult:
     def perplexity_quant(self) -> float:
         return math.exp(self.loss_quant)
 
-    def failures(self, thresholds: Thresholds) -> list[str]:
+    def failures(self, thresholds: Thresholds) -> list[Failure]:
         out = []
         if fails_max(self.kl, thresholds.max_final_kl):
-            out.append(f"final next-token KL(FP‖quant) {fmt(self.kl)} nats > "
-                       f"{fmt(thresholds.max_final_kl)}")
+            out.append(Failure("max_final_kl", f"final next-token KL(FP‖quant) {fmt(self.kl)} nats > "
+                               f"{fmt(thresholds.max_final_kl)}", self.kl))
         if fails_min(self.top1, thresholds.min_top1_agreement):
-            out.append(f"top-1 agreement {fmt(self.top1)} < {fmt(thresholds.min_top1_agreement)}")
+            out.append(Failure("min_top1_agreement", f"top-1 agreement {fmt(self.top1)} < "
+                               f"{fmt(thresholds.min_top1_agreement)}", self.top1))
         if fails_max(self.loss_increase, thresholds.max_loss_increase):
             ci = self.loss_increase_ci
-            out.append(f"next-token loss rose {fmt(self.loss_fp)}→{fmt(self.loss_quant)} nats/token "
-                       f"(+{fmt(self.loss_increase)} > {fmt(thresholds.max_loss_increase)}; "
-                       f"{ci.confidence:.0%} CI {fmt(ci.low)}..{fmt(ci.high)}; perplexity "
-                       f"{fmt(self.perplexity_fp)}→{fmt(self.perplexity_quant)})")
+            out.append(Failure("max_loss_increase",
+                               f"next-token loss rose {fmt(self.loss_fp)}→{fmt(self.loss_quant)} nats/token "
+                               f"(+{fmt(self.loss_increase)} > {fmt(thresholds.max_loss_increase)}; "
+                               f"{ci.confidence:.0%} CI {fmt(ci.low)}..{fmt(ci.high)}; perplexity "
+                               f"{fmt(self.perplexity_fp)}→{fmt(self.perplexity_quant)})", self.loss_increase))
         return out
 
     def notes(self) -> list[str]:

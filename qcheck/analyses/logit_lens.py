@@ -18,6 +18,7 @@ from qcheck.analyses._common import (check_same_inputs, fails_max, fails_min, fm
                                      worst_first)
 from qcheck.capture import Capture
 from qcheck.config import Thresholds
+from qcheck.verdict import Failure
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,21 @@ class LogitLensResult:
     def min_top5(self) -> float:
         return min(self.top5)
 
-    def failures(self, thresholds: Thresholds) -> list[str]:
+    def failures(self, thresholds: Thresholds) -> list[Failure]:
         out = []
         high = [l for l, v in enumerate(self.kl) if fails_max(v, thresholds.max_lens_kl)]
         if high:
             ranked = worst_first(high, lambda l: self.kl[l], high_is_bad=True)
-            out.append(f"logit-lens KL(FP‖quant) above {fmt(thresholds.max_lens_kl)} nats at "
-                       + listing(f"{layer_key(l)} ({fmt(self.kl[l])})" for l in ranked))
+            out.append(Failure("max_lens_kl", f"logit-lens KL(FP‖quant) above {fmt(thresholds.max_lens_kl)} "
+                               f"nats at " + listing(f"{layer_key(l)} ({fmt(self.kl[l])})" for l in ranked),
+                               self.kl[ranked[0]]))
         low = [l for l, v in enumerate(self.top5) if fails_min(v, thresholds.min_lens_top5)]
         if low:
             ranked = worst_first(low, lambda l: self.top5[l], high_is_bad=False)
-            out.append(f"logit-lens top-5 agreement below {fmt(thresholds.min_lens_top5)} at "
-                       + listing(f"{layer_key(l)} ({fmt(self.top5[l])})" for l in ranked))
+            out.append(Failure("min_lens_top5", f"logit-lens top-5 agreement below "
+                               f"{fmt(thresholds.min_lens_top5)} at "
+                               + listing(f"{layer_key(l)} ({fmt(self.top5[l])})" for l in ranked),
+                               self.top5[ranked[0]]))
         return out
 
     def notes(self) -> list[str]:

@@ -13,6 +13,7 @@ workers never compute or write the same entry twice: the second waits, then read
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,9 +21,32 @@ import uuid
 from pathlib import Path
 
 from filelock import FileLock
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 FORMAT = 2  # bump when the layout or the meaning of an entry changes: old entries are ignored
+
+
+class CacheWriteError(RuntimeError):
+    """A cache entry could not be written (disk full, permissions changed during the run)."""
+
+
+def check_cache_dir(directory: Path, source: str) -> None:
+    """Make sure `directory` can hold the cache (created if missing); ValueError naming it, the
+    option it came from (`source`) and the fix otherwise. Run once, before any test."""
+    fix = "pass a writable directory with --qcheck-cache DIR (or set QCHECK_CACHE_DIR)"
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"cache directory {directory} (from {source}) is a file, not a directory: {fix}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".qcheck-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"cache directory {directory} (from {source}) is not writable "
+                         f"({error.strerror or error}): {fix}") from None
 
 
 class Entry:
@@ -76,8 +100,17 @@ class Entry:
             stale.unlink(missing_ok=True)
         data = save({name: t.detach().cpu().contiguous() for name, t in tensors.items()})
         meta = {**meta, "format": FORMAT, "key": self.key, "sha256": hashlib.sha256(data).hexdigest()}
-        _atomic_write(self.tensors_path, data)
-        _atomic_write(self.meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
+        try:
+            _atomic_write(self.tensors_path, data)
+            _atomic_write(self.meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
+        except OSError as error:
+            # Nothing half-written stays under a final name (_atomic_write), so the next run
+            # recomputes this entry; say where and what, once, instead of a raw traceback.
+            what = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+            raise CacheWriteError(
+                f"could not write the cache entry {self.key[:12]} under {self.dir.parents[1]}: {what}. "
+                f"Free space there, or point --qcheck-cache (or QCHECK_CACHE_DIR) at another "
+                f"directory; nothing partial was left") from None
         _fsync_dir(self.dir)
 
 

@@ -113,18 +113,21 @@ def entry_for_test(*, nodeid: str, pair_id: str, analysis: str, outcome: str, re
     """One test: its outcome, and if it recorded a result, the verdict and every metric."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome {outcome!r}: expected one of {OUTCOMES}")
-    failures, notes, verdict, metrics = [], [], None, None
+    failures, criteria, notes, verdict, metrics = [], [], [], None, None
     if result is not None:
         try:
             failures = list(result.failures(thresholds))
         except ValueError as error:  # e.g. a result computed under another induction rule
             failures = [f"verdict not computed: {error}"]
+        criteria = [{"criterion": getattr(f, "criterion", None) or "unknown",
+                     "value": getattr(f, "value", None), "message": str(f)} for f in failures]
         notes, metrics = list(result.notes()), result.as_baseline()
         verdict = "fail" if failures else "pass"
     return jsonable({
         "nodeid": nodeid, "pair": pair_id, "analysis": analysis,
         "analysis_version": ANALYSIS_VERSIONS.get(analysis), "outcome": outcome,
-        "verdict": verdict, "failures": failures, "notes": notes, "expected_failure": expected_failure,
+        "verdict": verdict, "failures": [str(f) for f in failures], "criteria": criteria, "notes": notes,
+        "expected_failure": expected_failure,
         "thresholds": dataclasses.asdict(thresholds) if thresholds is not None else None,
         "device": device, "metrics": metrics, "duration": duration})
 

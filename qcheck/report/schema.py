@@ -67,6 +67,11 @@ TEST = _obj("One certification test (one analysis of one pair).", {
     "verdict": {"enum": [*VERDICTS, None],
                 "description": "the threshold claim: fail if `failures` is not empty; null if no result"},
     "failures": {**_STRINGS, "description": "why the threshold verdict failed, worst element first"},
+    "criteria": {"type": "array", "description": "the failed criteria, one per failure (qcheck/verdict.py)",
+                 "items": _obj("One failed criterion.", {
+                     "criterion": {**_STR, "description": "a Thresholds key, or a precondition"},
+                     "value": {"type": ["number", "null"], "description": "the measured value judged"},
+                     "message": _STR})},
     "notes": {**_STRINGS, "description": "caveats that do not fail the verdict"},
     "expected_failure": {"type": ["string", "null"],
                          "description": "reason from tests/certify/expected_failures.toml, if declared"},
@@ -76,6 +81,8 @@ TEST = _obj("One certification test (one analysis of one pair).", {
                 "description": "the result's as_baseline(): per element (L3, L3H1, F12) and 'summary'"},
     "duration": {**_NUM, "minimum": 0, "description": "volatile: seconds, setup + call + teardown"},
 })
+
+TEST["required"].remove("criteria")  # added in qcheck 0.1: older results.json files lack it
 
 SCHEMA = _obj("qcheck results: every metric of every (model, quantizer, analysis) of one run.", {
     "schema": {"const": SCHEMA_ID},

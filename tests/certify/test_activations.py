@@ -7,7 +7,5 @@ from qcheck.analyses.activations import compare_activations
 pytestmark = pytest.mark.activations
 
 
-def test_activations(pair, thresholds, record, baseline):
-    result = record(compare_activations(*pair.captures("natural")))
-    assert not result.failures(thresholds), "; ".join(result.failures(thresholds))
-    assert result.as_baseline() == baseline
+def test_activations(pair, certify):
+    certify(compare_activations(*pair.captures("natural")))

@@ -7,7 +7,5 @@ from qcheck.analyses.attention import compare_attention
 pytestmark = pytest.mark.attention
 
 
-def test_attention(pair, thresholds, record, baseline):
-    result = record(compare_attention(*pair.captures("natural")))
-    assert not result.failures(thresholds), "; ".join(result.failures(thresholds))
-    assert result.as_baseline() == baseline
+def test_attention(pair, certify):
+    certify(compare_attention(*pair.captures("natural")))

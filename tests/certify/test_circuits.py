@@ -8,8 +8,6 @@ from qcheck.pair import INDUCTION_HALF
 pytestmark = pytest.mark.circuits
 
 
-def test_induction_heads(pair, thresholds, record, baseline):
-    result = record(compare_induction_captures(*pair.captures("induction"), half=INDUCTION_HALF,
-                                               rule=thresholds.induction_rule))
-    assert not result.failures(thresholds), "; ".join(result.failures(thresholds))
-    assert result.as_baseline() == baseline
+def test_induction_heads(pair, thresholds, certify):
+    certify(compare_induction_captures(*pair.captures("induction"), half=INDUCTION_HALF,
+                                       rule=thresholds.induction_rule))

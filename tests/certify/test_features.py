@@ -7,7 +7,5 @@ from qcheck.analyses.features import compare_feature_captures
 pytestmark = pytest.mark.features
 
 
-def test_features(pair, sae, thresholds, record, baseline):
-    result = record(compare_feature_captures(sae, *pair.captures("natural")))
-    assert not result.failures(thresholds), "; ".join(result.failures(thresholds))
-    assert result.as_baseline() == baseline
+def test_features(pair, sae, certify):
+    certify(compare_feature_captures(sae, *pair.captures("natural")))

@@ -7,7 +7,5 @@ from qcheck.analyses.fidelity import compare_outputs
 pytestmark = pytest.mark.fidelity
 
 
-def test_output_fidelity(pair, thresholds, record, baseline):
-    result = record(compare_outputs(*pair.captures("natural")))
-    assert not result.failures(thresholds), "; ".join(result.failures(thresholds))
-    assert result.as_baseline() == baseline
+def test_output_fidelity(pair, certify):
+    certify(compare_outputs(*pair.captures("natural")))

@@ -7,7 +7,5 @@ from qcheck.analyses.logit_lens import compare_logit_lens
 pytestmark = pytest.mark.logit_lens
 
 
-def test_logit_lens(pair, thresholds, record, baseline):
-    result = record(compare_logit_lens(*pair.captures("lens")))
-    assert not result.failures(thresholds), "; ".join(result.failures(thresholds))
-    assert result.as_baseline() == baseline
+def test_logit_lens(pair, certify):
+    certify(compare_logit_lens(*pair.captures("lens")))

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-FILE = "baselines/certify/test_fake/test_fake.json"
+FILE = "baselines/cpu/certify/test_fake/test_fake.json"
 FIX = "fix it, or delete it and record it again with `pytest --snapshot-update`"
 RESULT = {"hook_resid_post": {"L0": {"cosine": 0.998123, "l2": 0.52}}, "n_tokens": 120}
 
@@ -22,7 +22,8 @@ pytest_plugins = ["qcheck.baselines"]
 @pytest.fixture
 def baseline_header():
     return Header(model="zoo-m", weight_digest="a" * 64, quant="rtn-w4", calibration_digest=None,
-                  analysis="activations", analysis_version=1, dtype="float32", device="cpu")
+                  inputs_digest="i" * 64, analysis="activations", analysis_version=1, dtype="float32",
+                  device="cpu", environment={"torch": "2.13.0"})
 """
 
 TEST = f"""
@@ -55,7 +56,8 @@ EDITS = {  # name: (new text from the recorded text, what the failure says)
                                               f"JSON object with 'header' and 'results'): {FIX}"),
     "header emptied": (lambda text: _edit(json.loads(text), "header", {}),
                        f"BaselineFileError: {FILE} is not a qcheck baseline as qcheck writes it (its header lacks "
-                       f"model, weight_digest, quant, calibration_digest, analysis, analysis_version, dtype, device; "
+                       f"model, weight_digest, quant, calibration_digest, inputs_digest, analysis, analysis_version, "
+                       f"dtype, device, environment; "
                        f"edited by hand?): {FIX}"),
     "device deleted": (lambda text: _edit(json.loads(text), "header.device", _DELETE),
                        f"{FILE} is not a qcheck baseline as qcheck writes it (its header lacks device; edited by "

@@ -179,3 +179,52 @@ def test_two_workers_asking_for_one_entry_compute_it_once(tiny_gpt2_lm, tmp_path
     digests = {line.split()[1] for line in lines if not line.startswith("compute ")}
     assert outcomes == ["cache", "computed"] and len(digests) == 1  # the waiter loaded the same weights
     assert len(list(root.rglob("*.safetensors"))) == 1 and not list(root.rglob("*.tmp-*"))
+
+
+# --- faults of the cache directory itself -------------------------------------------------
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_cache_path_that_is_a_file_is_one_usage_error(cli, tmp_path, monkeypatch, tree, how):
+    path = tmp_path / "cache.txt"
+    path.write_text("not a directory")
+    before = tree(tmp_path)
+    if how == "option":
+        message = cli.usage_error(f"--qcheck-cache={path}")
+        assert "from --qcheck-cache" in message
+    else:
+        monkeypatch.setenv("QCHECK_CACHE_DIR", str(path))
+        message = cli.usage_error()
+        assert "from QCHECK_CACHE_DIR" in message
+    assert f"cache directory {path}" in message and "is a file, not a directory" in message
+    assert "pass a writable directory with --qcheck-cache DIR" in message
+    assert tree(tmp_path) == before
+
+
+def test_cache_directory_that_cannot_be_created_is_one_usage_error(cli, tmp_path, tree):
+    # Under a regular file: mkdir fails whatever the user's rights (root included).
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    before = tree(tmp_path)
+    message = cli.usage_error(f"--qcheck-cache={blocker / 'cache'}")
+    assert f"cache directory {blocker / 'cache'} (from --qcheck-cache) is not writable" in message
+    assert tree(tmp_path) == before
+
+
+def test_disk_full_while_writing_an_entry_is_one_clear_error_and_leaves_nothing_partial(
+        tiny_gpt2_lm, tmp_path, monkeypatch, tree):
+    real_open = open
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        if "w" in mode and ".tmp-" in str(path):
+            handle.close()
+            raise OSError(28, "No space left on device")  # errno.ENOSPC
+        return handle
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(store.CacheWriteError) as error:
+        load_or_quantize(tiny_gpt2_lm, SPEC, cache_dir=tmp_path)
+    monkeypatch.undo()
+    message = str(error.value)
+    assert f"under {tmp_path}: the disk is full" in message and "--qcheck-cache" in message
+    assert not [name for name in tree(tmp_path) if name.endswith((".safetensors", ".json")) or ".tmp-" in name]
+    again = load_or_quantize(tiny_gpt2_lm, SPEC, cache_dir=tmp_path)  # space again: computed, stored
+    assert not again.from_cache and load_or_quantize(tiny_gpt2_lm, SPEC, cache_dir=tmp_path).from_cache

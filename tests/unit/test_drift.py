@@ -10,7 +10,8 @@ from qcheck import drift
 from qcheck.drift import Header, compare, not_comparable, parse, rounded, to_text
 
 HEADER = Header(model="zoo-m", weight_digest="a" * 64, quant="gptq-w4", calibration_digest="c" * 64,
-                analysis="activations", analysis_version=1, dtype="float32", device="cpu").as_dict()
+                inputs_digest="i" * 64, analysis="activations", analysis_version=1, dtype="float32",
+                device="cpu", environment={"torch": "2.13.0"}).as_dict()
 
 
 def doc(results: dict, **header) -> dict:

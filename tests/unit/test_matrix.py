@@ -1,9 +1,6 @@
-"""The certification matrix: default cases, command-line additions, deselection, expected failures."""
+"""The certification matrix: default cases, command-line additions, deselection."""
 
-import pytest
-
-from qcheck.matrix import (DEFAULT_QUANTS, Case, build_cases, expected_failure, is_selected,
-                           load_expected_failures)
+from qcheck.matrix import DEFAULT_QUANTS, Case, build_cases, is_selected
 
 ZOO = ["zoo-a", "zoo-b"]
 
@@ -30,19 +27,3 @@ def test_selection_follows_the_command_line():
     assert not is_selected(Case("zoo-a", "rtn-w4"), ["zoo-b"], [])
     assert not is_selected(Case("zoo-a", "rtn-w4"), [], ["gptq-w4"])
     assert is_selected(Case("zoo-a", "gptq-w4"), ["zoo-a"], ["gptq-w4"])
-
-
-def test_expected_failures_file(tmp_path):
-    path = tmp_path / "expected.toml"
-    path.write_text('[[xfail]]\nmodel = "zoo-*"\nquant = "rtn-w2"\nanalysis = "circuits"\nreason = "2 bits"\n')
-    declared = load_expected_failures(path)
-    assert expected_failure(declared, Case("zoo-a", "rtn-w2"), "circuits").reason == "2 bits"
-    assert expected_failure(declared, Case("zoo-a", "rtn-w2"), "attention") is None
-    assert expected_failure(declared, Case("gpt2", "rtn-w2"), "circuits") is None
-
-
-def test_expected_failures_entry_must_say_why(tmp_path):
-    path = tmp_path / "expected.toml"
-    path.write_text('[[xfail]]\nmodel = "zoo-*"\nquant = "rtn-w2"\nanalysis = "circuits"\n')
-    with pytest.raises(ValueError, match="entry 0 lacks reason"):
-        load_expected_failures(path)

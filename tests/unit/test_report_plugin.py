@@ -10,6 +10,7 @@ import report_data as data
 
 import qcheck.report.plots  # noqa: F401  pytester's in-process runs drop modules they import first;
 #                             a matplotlib imported half inside, half outside them breaks
+from qcheck.config import Thresholds
 from qcheck.models.registry import zoo_names
 from qcheck.report.schema import validate
 from qcheck.session import QcheckSession
@@ -19,11 +20,24 @@ import pytest
 import report_data
 
 @pytest.mark.circuits
-def test_circuits(pair, thresholds, record):
-    result = record(report_data.synthetic_result("circuits", 2, report_data.damage_of(pair.case)))
-    assert not result.failures(thresholds), "; ".join(result.failures(thresholds))
+def test_circuits(pair, thresholds, certify):
+    certify(report_data.synthetic_result("circuits", 2, report_data.damage_of(pair.case)))
 """
 MODEL = zoo_names()[0]
+# what the synthetic rtn-w4 result (damage 0.6) fails
+FAILS = sorted({f.criterion for f in data.synthetic_result("circuits", 2, 0.6).failures(Thresholds())})
+CONFTEST = """
+import pytest
+from qcheck.drift import Header
+
+pytest_plugins = ["qcheck.plugin"]
+
+@pytest.fixture
+def baseline_header(pair):  # the real one reads a loaded model
+    return Header(model="m", weight_digest="w" * 64, quant="q", calibration_digest=None,
+                  inputs_digest="i" * 64, analysis="circuits", analysis_version=1,
+                  dtype="float32", device="cpu", environment={})
+"""
 
 
 @pytest.fixture
@@ -31,7 +45,7 @@ def suite(pytester, monkeypatch):
     monkeypatch.setattr(QcheckSession, "pair", lambda self, case: data.fake_pair(case, n_layers=2))
     monkeypatch.setattr(data, "damage_of", lambda case: {"rtn-w4": 0.6, "gptq-w4": 0.02}[case.quant])
     monkeypatch.delenv("CI", raising=False)
-    pytester.makeconftest('pytest_plugins = ["qcheck.plugin"]')
+    pytester.makeconftest(CONFTEST)
     pytester.makeini("[pytest]\nmarkers =\n    circuits: c\n    xdist_group(name): g\n")
     pytester.makepyfile(test_certify=CERTIFY_TEST)
     return pytester
@@ -64,14 +78,16 @@ def test_quiet_summary_keeps_the_scaling_table_only(suite):
 def test_report_records_outcomes_and_declared_expected_failures(suite):
     (suite.path / "tests" / "certify").mkdir(parents=True)
     (suite.path / "tests" / "certify" / "expected_failures.toml").write_text(
-        '[[xfail]]\nmodel = "*"\nquant = "rtn-w4"\nanalysis = "circuits"\nreason = "measured: RTN-4 loses them"\n')
+        f'[[xfail]]\nmodel = "{MODEL}"\nquant = "rtn-w4"\nanalysis = "circuits"\n'
+        f'fails = {json.dumps(FAILS)}\nreason = "measured: RTN-4 loses them"\n')
     result = suite.runpytest(*ARGS, "--qcheck-report", "out")
     result.assert_outcomes(passed=1, xfailed=1)
     results = json.loads((suite.path / "out" / "results.json").read_text())
     assert validate(results) == []
     by_quant = {t["pair"].rsplit("-", 2)[-2] + "-w4": t for t in results["tests"]}
     assert by_quant["rtn-w4"]["outcome"] == "xfailed" and by_quant["rtn-w4"]["verdict"] == "fail"
-    assert by_quant["rtn-w4"]["expected_failure"] == "measured: RTN-4 loses them"
+    assert by_quant["rtn-w4"]["expected_failure"] == f"fails {', '.join(FAILS)}: measured: RTN-4 loses them"
+    assert sorted(c["criterion"] for c in by_quant["rtn-w4"]["criteria"]) == FAILS
     assert by_quant["gptq-w4"]["outcome"] == "passed" and by_quant["gptq-w4"]["verdict"] == "pass"
     assert (suite.path / "out" / "index.html").is_file()
     result.stdout.fnmatch_lines(["1 declared expected failures failed as expected (tests/certify/expected_failures.toml)",
