@@ -21,6 +21,8 @@ import uuid
 from pathlib import Path
 
 from filelock import FileLock
+
+from qcheck.files import directory_problem
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,17 +38,10 @@ class CacheWriteError(RuntimeError):
 def check_cache_dir(directory: Path, source: str) -> None:
     """Make sure `directory` can hold the cache (created if missing); ValueError naming it, the
     option it came from (`source`) and the fix otherwise. Run once, before any test."""
-    fix = "pass a writable directory with --qcheck-cache DIR (or set QCHECK_CACHE_DIR)"
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"cache directory {directory} (from {source}) is a file, not a directory: {fix}")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".qcheck-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(f"cache directory {directory} (from {source}) is not writable "
-                         f"({error.strerror or error}): {fix}") from None
+    problem = directory_problem(directory)
+    if problem:
+        raise ValueError(f"cache directory {directory} (from {source}) {problem}: pass a writable "
+                         f"directory with --qcheck-cache DIR (or set QCHECK_CACHE_DIR)")
 
 
 class Entry:

@@ -21,6 +21,8 @@ import json
 import re
 from pathlib import Path
 
+from qcheck.files import directory_problem
+
 from filelock import FileLock
 
 from qcheck.report import certificate as certificates_
@@ -50,15 +52,9 @@ def check_directory(directory: Path) -> str | None:
     """Create `directory` if needed and check it can hold a report; returns a note when a previous
     report will be replaced. Raises ReportDirError naming the directory."""
     where = f"--qcheck-report {directory}"
-    if directory.exists() and not directory.is_dir():
-        raise ReportDirError(f"{where}: exists and is not a directory")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".qcheck-write-test-{hashlib.sha1(str(directory).encode()).hexdigest()[:8]}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ReportDirError(f"{where}: not writable ({error.strerror or error})") from None
+    problem = directory_problem(directory)
+    if problem:
+        raise ReportDirError(f"{where}: {problem}")
     previous = previous_report(directory)
     if previous is not None:
         return f"replaced the report of the run finished {previous.get('run', {}).get('finished', '?')} in {directory}"

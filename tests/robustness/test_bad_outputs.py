@@ -11,8 +11,8 @@ from qcheck.models.registry import ZOO_DIR, zoo_names
 
 
 @pytest.mark.parametrize("where, message", [
-    ("under-a-file/report", "--qcheck-report {path}: not writable (Not a directory)"),
-    ("a-file", "--qcheck-report {path}: exists and is not a directory"),
+    ("under-a-file/report", "--qcheck-report {path}: is not writable (Not a directory)"),
+    ("a-file", "--qcheck-report {path}: is a file, not a directory"),
 ])
 def test_unwritable_report_directory_is_one_usage_error(cli, tree, where, message):
     (cli.pytester.path / "under-a-file").write_text("mine")

@@ -180,7 +180,7 @@ def test_check_directory_creates_a_new_one(tmp_path):
 
 @pytest.mark.parametrize("setup, message", [
     (lambda d: (d.mkdir(), (d / "x.txt").write_text("x")), "holds other files (x.txt) and no qcheck report"),
-    (lambda d: d.write_text("a file"), "exists and is not a directory"),
+    (lambda d: d.write_text("a file"), "is a file, not a directory"),
     (lambda d: (d.parent / "file").write_text("x"), "not writable"),
 ], ids=["foreign-files", "a-file", "under-a-file"])
 def test_check_directory_refuses_with_the_directorys_name(tmp_path, setup, message):
