@@ -1,11 +1,12 @@
-"""Root conftest: loads qcheck's pytest plugin (options must come from a plugin module) and
-registers hypothesis profiles: `dev` (default, fast) and `ci` (derandomized, more examples)."""
+"""Root conftest: pytester for the plugin's own tests (qcheck's plugin itself comes from its
+`pytest11` entry point), and hypothesis profiles: `dev` (default, fast) and `ci` (derandomized,
+more examples)."""
 
 import os
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["qcheck.plugin", "pytester"]
+pytest_plugins = ["pytester"]
 
 # deadline=None: the first call of a torch op can take ~1 s.
 settings.register_profile("dev", max_examples=40, deadline=None,

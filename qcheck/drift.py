@@ -1,12 +1,13 @@
 """Baseline drift: what a committed baseline file holds, and how a new result is compared with it.
 
-A baseline is one JSON document per certification test id (qcheck/baselines.py stores it):
+A baseline is one JSON document per certification test id (qcheck/suite/baselines.py stores it):
 
     {"header": {what makes the numbers comparable}, "results": {the result's as_baseline()}}
 
 Floats are rounded to DIGITS significant digits for the file, so a review diff shows numbers a
 person can read, and compared with a tolerance, never as text. A change reads like the rest of
-qcheck's messages: the element, old → new, and whether it got better or worse (METRICS).
+qcheck's messages: the element, old → new, and whether it got better or worse (each analysis's
+`metrics`, qcheck/analyses/base.py, which also holds the tolerances and why they are what they are).
 No pytest here.
 """
 
@@ -16,6 +17,9 @@ import json
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Iterator
+
+from qcheck.analyses import ANALYSES
+from qcheck.analyses.base import NEUTRAL, Metric
 
 # 6 significant digits: rounding moves a value by at most 5e-7 relative, far inside the
 # tolerances below, and 0.998123 stays readable in `git diff baselines/`.
@@ -70,63 +74,6 @@ _MEANING = {
     "analysis_version": "the analysis version changed",
     "basis_digest": "the SAE measurement basis changed",
 }
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """|new − old| <= abs + rel·|old|."""
-
-    rel: float
-    abs: float
-
-    def allows(self, old: float, new: float) -> bool:
-        return abs(new - old) <= self.abs + self.rel * abs(old)
-
-
-# CPU float32 runs are bit-identical on one machine, across thread counts and batch sizes
-# (NOTES-ecosystem). Across machines (BLAS, SIMD width) a value moves by ~1e-6 relative, up to
-# ~1e-5 after a few layers and a mean over tokens; 1e-4 leaves a 10x margin, while a real change
-# (bits, group size, a GPTQ option) moves these metrics by 1e-2 or more. abs: near zero (a KL of
-# 1e-7 at 8 bits) relative noise means nothing. Not yet measured on a second machine: tune here.
-CLOSENESS = Tolerance(rel=1e-4, abs=1e-6)
-# Metrics of the FP − quant difference (L2, KL, JSD, loss increase) divide that noise by a small
-# difference: at 8 bits ‖fp − quant‖ is ~1e-3 of ‖fp‖, so ~1e-6 noise on each side becomes ~1e-3
-# of the metric. A real change still moves them by a factor, not a per mille.
-DIFFERENCE = Tolerance(rel=1e-3, abs=1e-6)
-
-
-@dataclass(frozen=True)
-class Metric:
-    """How to judge a baseline value named by its key: which way is better, how close is equal."""
-
-    higher_is_better: bool | None  # None: neither (FP-side values, what FP has, thresholds)
-    tolerance: Tolerance = CLOSENESS
-
-
-_UP, _DOWN, _DOWN_DIFF = Metric(True), Metric(False), Metric(False, DIFFERENCE)
-
-# Keyed by the last key of a value's path ("cosine" in "hook_resid_post.L3.cosine"); the names are
-# the analyses' as_baseline() keys. Anything not listed has no direction and CLOSENESS. Integers,
-# booleans, strings and lists of names always compare exactly (counts, survival, detected heads).
-METRICS: dict[str, Metric] = {
-    # activations
-    "cosine": _UP, "pearson": _UP, "min_resid_cosine": _UP, "mean_resid_cosine": _UP,
-    "l2": _DOWN_DIFF, "relative_l2": _DOWN_DIFF,
-    # attention
-    "jsd": _DOWN_DIFF, "max_jsd": _DOWN_DIFF, "mean_jsd": _DOWN_DIFF,
-    "n_prev_token_survived": _UP, "prev_token_survival": _UP,
-    # features ("survived": a bool per feature here, a list of heads in circuits)
-    "shared_top10": _UP, "survived": _UP, "survival": _UP, "n_survived": _UP,
-    "mean_pearson_top": _UP, "mean_pearson_alive": _UP, "fve_quant": _UP,
-    # logit lens and fidelity
-    "kl": _DOWN_DIFF, "max_kl": _DOWN_DIFF, "final_kl": _DOWN_DIFF,
-    "top1": _UP, "top5": _UP, "min_top1": _UP, "min_top5": _UP,
-    "loss_quant": _DOWN, "perplexity_quant": _DOWN,
-    "loss_increase": _DOWN_DIFF, "low": _DOWN_DIFF, "high": _DOWN_DIFF,  # loss_increase_ci
-    # circuits
-    "correlation": _UP, "icl_loss_quant": _DOWN, "icl_loss_increase": _DOWN_DIFF,
-}
-_NEUTRAL = Metric(None)
 
 
 class BaselineFileError(Exception):
@@ -257,30 +204,37 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> Drift:
             meaning = _MEANING.get(key, f"header field {key!r} changed") if key not in PLATFORM \
                 else f"the {key} changed"
             header.append(f"{meaning} ({_short(before)} → {_short(after)})")
-    changes = sorted(_walk(old["results"], new["results"], ""),
+    metrics = metrics_of(new_header)
+    changes = sorted(_walk(old["results"], new["results"], "", metrics),
                      key=lambda c: c.path.split(".")[0] != "summary")  # stable: file order otherwise
     return Drift(header=tuple(header), changes=tuple(changes), n_values=_count(new["results"]),
                  versions=versions)
 
 
-def settle(old: Any, new: Any, path: str = "") -> Any:
+def metrics_of(header: dict[str, Any]) -> dict[str, Metric]:
+    """The drift rules of the analysis a header names (none for an unknown analysis)."""
+    analysis = ANALYSES.get(header.get("analysis"))
+    return dict(analysis.metrics) if analysis else {}
+
+
+def settle(old: Any, new: Any, metrics: dict[str, Metric], path: str = "") -> Any:
     """`new` with every value still within tolerance of `old` replaced by `old`.
 
     What --snapshot-update writes: `git diff baselines/` then shows only the values that moved,
     and a value that creeps run after run stays anchored to what was reviewed.
     """
     if isinstance(old, dict) and isinstance(new, dict):
-        return {key: settle(old[key], value, f"{path}.{key}" if path else key) if key in old else value
-                for key, value in new.items()}
+        return {key: settle(old[key], value, metrics, f"{path}.{key}" if path else key) if key in old
+                else value for key, value in new.items()}
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [settle(a, b, path) for a, b in zip(old, new)]
-    tolerance = METRICS.get(_leaf(path), _NEUTRAL).tolerance
+        return [settle(a, b, metrics, path) for a, b in zip(old, new)]
+    tolerance = metrics.get(_leaf(path), NEUTRAL).tolerance
     if _is_number(old) and isinstance(new, float) and tolerance.allows(old, new):
         return old
     return new
 
 
-def _walk(old: Any, new: Any, path: str) -> Iterator[Change]:
+def _walk(old: Any, new: Any, path: str, metrics: dict[str, Metric]) -> Iterator[Change]:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in dict.fromkeys([*old, *new]):
             where = f"{path}.{key}" if path else key
@@ -289,13 +243,13 @@ def _walk(old: Any, new: Any, path: str) -> Iterator[Change]:
             elif key not in old:
                 yield Change(where, None, new[key], "added")
             else:
-                yield from _walk(old[key], new[key], where)
+                yield from _walk(old[key], new[key], where, metrics)
         return
-    metric = METRICS.get(_leaf(path), _NEUTRAL)
+    metric = metrics.get(_leaf(path), NEUTRAL)
     if isinstance(old, list) and isinstance(new, list):
         if len(old) == len(new) and not all(isinstance(x, str) for x in old + new):
             for i, (a, b) in enumerate(zip(old, new)):
-                yield from _walk(a, b, f"{path}[{i}]")
+                yield from _walk(a, b, f"{path}[{i}]", metrics)
         elif old != new:  # a list of names (detected heads): fewer is worse when more is better
             yield Change(path, old, new, _direction(metric, len(new) - len(old)))
         return

@@ -13,14 +13,11 @@ from typing import Callable
 import torch
 
 from qcheck.capture import Capture, block_hooks, capture, pad_prompts
-from qcheck.data.induction import repeated_random_tokens
+from qcheck.analyses.base import PROMPT_SETS, PromptSet
+from qcheck.data.induction import INDUCTION_HALF, INDUCTION_SEED, repeated_random_tokens
 from qcheck.data.prompts import LOGIT_LENS, encode_prompts, natural_texts
-from qcheck.matrix import Case
 from qcheck.models.load import LoadedModel
 
-INDUCTION_HALF = 25   # the study's [BOS, 25 random tokens, the same 25]
-INDUCTION_SEED = 42   # the study's seed
-PROMPT_SETS = ("natural", "lens", "induction")
 
 
 def prompt_tokens(model: LoadedModel, prompt_set: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +41,19 @@ def capture_prompt_set(bridge, model: LoadedModel, prompt_set: str) -> Capture:
         return capture(bridge, tokens, mask, names=[f"blocks.{l}.hook_resid_post" for l in range(n_layers)])
     return capture(bridge, tokens, mask, names=[f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)],
                    lens=False)
+
+
+@dataclass(frozen=True, order=True)
+class Case:
+    """One (model, quantizer) case of the certification matrix: a model name and a quantizer id
+    (a canonical QuantSpec string, or `checkpoint:<name>`)."""
+
+    model: str
+    quant: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.quant}"
 
 
 @dataclass

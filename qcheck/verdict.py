@@ -1,10 +1,10 @@
 """Threshold verdicts: which criterion failed, and whether that is exactly what was declared.
 
 An analysis result's `failures(thresholds)` returns one `Failure` per broken criterion. A
-criterion is the threshold key it breaks (a `Thresholds` field, e.g. `min_resid_cosine`) or, for
-a result that cannot be judged at all, one of PRECONDITIONS.
+criterion is the threshold key it breaks (declared by its analysis, e.g. `min_resid_cosine`) or,
+for a result that cannot be judged at all, one of PRECONDITIONS.
 
-A declared expected failure (tests/certify/expected_failures.toml, see qcheck/expected.py) names
+A declared expected failure (tests/certify/expected_failures.toml, see qcheck/suite/expected.py) names
 the criteria that must fail. `judge` holds a result to that declaration exactly: the declared
 criteria fail and nothing else does, or the test fails for real. Exceptions are never judged
 here: a crash in an analysis or in a fixture is an error of the test, whatever was declared.
@@ -13,24 +13,13 @@ No pytest here; the plugin turns a Judgement into pass, fail or xfail.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Iterable, Literal
 
 # Criteria that are not thresholds: the result cannot be judged (nothing to certify).
 PRECONDITIONS = {
     "induction_heads_detected": "the FP model has induction heads under the rule in force",
 }
-
-
-def threshold_criteria() -> tuple[str, ...]:
-    """Every Thresholds field that is a number a result is judged against."""
-    from qcheck.config import Thresholds
-
-    return tuple(f.name for f in fields(Thresholds) if f.name != "induction_rule")
-
-
-def known_criteria() -> tuple[str, ...]:
-    return (*threshold_criteria(), *PRECONDITIONS)
 
 
 class Failure(str):
@@ -42,8 +31,6 @@ class Failure(str):
     value: float | None
 
     def __new__(cls, criterion: str, message: str, value: float | None = None) -> "Failure":
-        if criterion not in known_criteria():
-            raise ValueError(f"unknown criterion {criterion!r}; known: {', '.join(known_criteria())}")
         failure = super().__new__(cls, message)
         failure.criterion, failure.value = criterion, value
         return failure

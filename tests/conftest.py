@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+# Imported before any pytester in-process run: such a run drops the modules first imported inside
+# it, and importing TransformerLens (with datasets/pyarrow) a second time in one process fails
+# ("A type extension ... already defined").
+import transformer_lens  # noqa: F401
 
-from qcheck.options import cuda_unavailable_reason
+from qcheck.suite.options import cuda_unavailable_reason
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -65,7 +69,7 @@ def calibration_tokens() -> torch.Tensor:
 
 def plugin_suite(pytester, test_source: str):
     """A pytester project that loads qcheck's plugin and holds one certification-style test."""
-    pytester.makeconftest('pytest_plugins = ["qcheck.plugin"]')
+    pytester.makeconftest("")  # qcheck's plugin comes from its pytest11 entry point
     pytester.makeini("[pytest]\nmarkers =\n    activations: a\n    xdist_group(name): g\n")
     pytester.makepyfile(test_certify=test_source)
     return pytester

@@ -3,7 +3,7 @@
 - moves baselines/certify/... to baselines/<device class>/certify/... (the device each file was
   recorded on, from its header);
 - adds the header fields qcheck now records: `inputs_digest` (the analysis's prompt tokens for
-  that model, computed here exactly as qcheck/baselines.py does) and `environment` (the package
+  that model, computed here exactly as qcheck/suite/baselines.py does) and `environment` (the package
   versions installed where this runs: run it where the suite then passes against the migrated
   files, so they are the versions under which the numbers were re-verified).
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from qcheck import drift
 from qcheck.analyses import ANALYSIS_PROMPT_SETS
-from qcheck.baselines import environment, inputs_digest
+from qcheck.suite.baselines import environment, inputs_digest
 from qcheck.models.load import load_model
 
 ROOT = Path("baselines")

@@ -1,25 +1,35 @@
-"""The analyses: pure functions of captured FP and quantized activations."""
+"""The analyses: pure functions of captured FP and quantized activations, one module each.
 
-# Bump an analysis's version whenever a change alters what its numbers mean (a metric's
-# definition, the prompts, masking, a rule): every baseline records the version it was made
-# with, and one made by another version fails as "the analysis changed", not as drift.
-# Keys are the certification tests' marker names.
-ANALYSIS_VERSIONS = {
-    "activations": 1,
-    "attention": 1,
-    "features": 1,
-    "logit_lens": 1,
-    "circuits": 1,
-    "fidelity": 1,
-}
+Every module of this package that defines `ANALYSIS` (qcheck/analyses/base.py) is an analysis of
+the suite; ANALYSES holds them by name, in the order below, then any other module's by name.
+Adding an analysis means adding its module (and its certification test file): markers, baseline
+headers, drift directions, thresholds, the expected-failures loader and the report read this.
+"""
 
-# The prompt set each analysis reads (qcheck/pair.py PROMPT_SETS); its token ids go into the
-# baseline header, so a change of prompts reads as "the inputs changed", not as drift.
-ANALYSIS_PROMPT_SETS = {
-    "activations": "natural",
-    "attention": "natural",
-    "features": "natural",
-    "logit_lens": "lens",
-    "circuits": "induction",
-    "fidelity": "natural",
-}
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from qcheck.analyses.base import Analysis
+
+# The study's order (its analyses 1-5), then qcheck's output-level check.
+_ORDER = ("activations", "attention", "features", "logit_lens", "circuits", "fidelity")
+
+
+def _discover() -> dict[str, Analysis]:
+    found: dict[str, Analysis] = {}
+    for module in pkgutil.iter_modules(__path__):
+        if module.name.startswith("_") or module.name == "base":
+            continue
+        analysis = getattr(importlib.import_module(f"{__name__}.{module.name}"), "ANALYSIS", None)
+        if analysis is None:
+            continue
+        if analysis.name in found:
+            raise ValueError(f"two analyses are named {analysis.name!r}")
+        found[analysis.name] = analysis
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    return dict(sorted(found.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
+
+
+ANALYSES: dict[str, Analysis] = _discover()

@@ -9,14 +9,18 @@ headline (GPTQ-4 kept > 0.99 at every layer of GPT-2; RTN-4 fell to ~0.85).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 from qcheck import metrics
 from qcheck.analyses._common import (check_same_inputs, fails_min, fmt, layer_key, listing,
                                      worst_first)
 from qcheck.capture import Capture
-from qcheck.config import Thresholds
+from qcheck.analyses.base import Analysis, Context, DOWN_DIFF, Headline, Threshold, UP
 from qcheck.verdict import Failure
+
+if TYPE_CHECKING:
+    from qcheck.thresholds import Thresholds
 
 HOOKS = ("hook_resid_post", "hook_attn_out", "hook_mlp_out")
 METRICS = ("cosine", "l2", "relative_l2", "pearson")
@@ -89,3 +93,22 @@ def compare_activations(fp: Capture, quant: Capture) -> ActivationResult:
                 per_metric[m].append(float(getattr(metrics, m)(a, b).mean()))
         values[hook] = {m: tuple(v) for m, v in per_metric.items()}
     return ActivationResult(values=values, n_tokens=int(fp.mask.sum()))
+
+
+# --- the analysis ---------------------------------------------------------------------------
+THRESHOLDS = (
+    Threshold("min_resid_cosine", 0.95, "cosine (1 = identical)",
+              "min over layers of the mean per-token cosine of resid_post, FP vs quantized"),
+)
+
+
+def _compare(fp: Capture, quant: Capture, context: Context) -> ActivationResult:
+    return compare_activations(fp, quant)
+
+
+ANALYSIS = Analysis(
+    name="activations", version=1, prompt_set="natural", compare=_compare, thresholds=THRESHOLDS,
+    title="analysis 1, activation similarity per layer (resid_post, attn_out, mlp_out)",
+    metrics={"cosine": UP, "pearson": UP, "min_resid_cosine": UP, "mean_resid_cosine": UP,
+             "l2": DOWN_DIFF, "relative_l2": DOWN_DIFF},
+    headline=Headline("min_resid_cosine", "min resid cos"))

@@ -11,6 +11,7 @@ prompt set is padded; the unmasked version would average the attention of paddin
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +22,11 @@ from qcheck import metrics
 from qcheck.analyses._common import (check_same_inputs, fails_max, fails_min, fmt, head_key,
                                      layer_names, listing, worst_first)
 from qcheck.capture import Capture
-from qcheck.config import Thresholds
+from qcheck.analyses.base import Analysis, Context, DOWN_DIFF, Headline, Threshold, UP
 from qcheck.verdict import Failure
+
+if TYPE_CHECKING:
+    from qcheck.thresholds import Thresholds
 
 # The study's rule for "is a previous-token head", before and after quantization.
 PREV_TOKEN_THRESHOLD = 0.4
@@ -145,3 +149,24 @@ def compare_attention(fp: Capture, quant: Capture) -> AttentionResult:
     n_queries = int(fp.mask[:, 1:].sum())
     return AttentionResult(jsd=tuple(jsd), prev_token_fp=tuple(prev_fp),
                            prev_token_quant=tuple(prev_quant), n_queries=n_queries)
+
+
+# --- the analysis ---------------------------------------------------------------------------
+THRESHOLDS = (
+    Threshold("max_head_jsd", 0.05, "bits, in [0, 1]",
+              "max over heads of the mean per-query JSD between FP and quantized patterns"),
+    Threshold("min_prev_token_survival", 1.0, "fraction, in [0, 1]",
+              f"fraction of FP previous-token heads (score > {PREV_TOKEN_THRESHOLD}) still above it after"),
+)
+
+
+def _compare(fp: Capture, quant: Capture, context: Context) -> AttentionResult:
+    return compare_attention(fp, quant)
+
+
+ANALYSIS = Analysis(
+    name="attention", version=1, prompt_set="natural", compare=_compare, thresholds=THRESHOLDS,
+    title="analysis 2, attention-pattern JSD per head and previous-token heads",
+    metrics={"jsd": DOWN_DIFF, "max_jsd": DOWN_DIFF, "mean_jsd": DOWN_DIFF,
+             "n_prev_token_survived": UP, "prev_token_survival": UP},
+    headline=Headline("mean_jsd", "mean JSD", scientific=True))

@@ -13,7 +13,7 @@ verdict also bounds that in-context loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import get_args, Literal, Sequence, TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +25,16 @@ from qcheck.analyses._common import (fails_max, fails_min, fmt, head_key, layer_
                                      nan_to_none, worst_first)
 from qcheck.analyses.heads import induction_scores
 from qcheck.capture import Capture
-from qcheck.config import Thresholds
+from qcheck.data.induction import INDUCTION_HALF
+from qcheck.analyses.base import Analysis, Context, DOWN, DOWN_DIFF, Threshold, UP
 from qcheck.verdict import Failure
 
+if TYPE_CHECKING:
+    from qcheck.thresholds import Thresholds
+
 FIXED_THRESHOLD = 0.4
-RULES = ("fixed", "relative")
+Rule = Literal["fixed", "relative"]
+RULES: tuple[str, ...] = get_args(Rule)
 
 Head = tuple[int, int]  # (layer, head)
 PerHead = tuple[tuple[float, ...], ...]  # [layer][head]
@@ -206,3 +211,26 @@ def compare_induction_captures(fp: Capture, quant: Capture, half: int,
     names = layer_names(fp, "attn.hook_pattern")
     return compare_induction([fp.acts[n] for n in names], [quant.acts[n] for n in names],
                              fp.logits, quant.logits, fp.tokens, half, rule)
+
+
+# --- the analysis ---------------------------------------------------------------------------
+THRESHOLDS = (
+    Threshold("min_induction_survival", 1.0, "fraction, in [0, 1]",
+              "fraction of FP induction heads that survive (1.0 = every head)"),
+    Threshold("max_icl_loss_increase", 0.25, "nats/token",
+              "max rise of the loss on the repeated half of [BOS, A, A]"),
+    Threshold("induction_rule", "fixed", "rule",
+              f"which detection/survival rule: fixed (> {FIXED_THRESHOLD} before and after) or relative "
+              f"(mean + 2 sigma of FP scores, survival above half of it)", choices=RULES),
+)
+
+
+def _compare(fp: Capture, quant: Capture, context: Context) -> InductionResult:
+    return compare_induction_captures(fp, quant, half=INDUCTION_HALF, rule=context.thresholds.induction_rule)
+
+
+ANALYSIS = Analysis(
+    name="circuits", version=1, prompt_set="induction", compare=_compare, thresholds=THRESHOLDS,
+    title="analysis 5, induction-head survival and in-context loss",
+    metrics={"correlation": UP, "icl_loss_quant": DOWN, "icl_loss_increase": DOWN_DIFF,
+             "survived": UP, "survival": UP, "n_survived": UP})

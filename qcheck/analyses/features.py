@@ -16,6 +16,7 @@ feature (measured on zoo-pythia-2l64: 2 of the top 6 features had all 10 top pos
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +27,11 @@ from qcheck import metrics
 from qcheck.analyses._common import check_same_inputs, fails_min, fmt, listing, worst_first
 from qcheck.analyses.sae import SAE
 from qcheck.capture import Capture
-from qcheck.config import Thresholds
+from qcheck.analyses.base import Analysis, Context, Headline, Threshold, UP
 from qcheck.verdict import Failure
+
+if TYPE_CHECKING:
+    from qcheck.thresholds import Thresholds
 
 # The study's rule.
 TOP_FEATURES = 20
@@ -188,3 +192,24 @@ def compare_feature_captures(sae: SAE, fp: Capture, quant: Capture) -> FeatureRe
     """compare_features on resid_post at layer n_layers // 2 of two captures, real tokens only."""
     check_same_inputs(fp, quant)
     return compare_features(sae, feature_acts(fp), feature_acts(quant))
+
+
+# --- the analysis ---------------------------------------------------------------------------
+THRESHOLDS = (
+    Threshold("min_feature_survival", 0.8, "fraction, in [0, 1]",
+              f"fraction of the top-{TOP_FEATURES} SAE features that keep >= {MIN_SHARED} of their "
+              f"top-{TOP_POSITIONS} positions"),
+)
+
+
+def _compare(fp: Capture, quant: Capture, context: Context) -> FeatureResult:
+    return compare_feature_captures(context.sae, fp, quant)
+
+
+ANALYSIS = Analysis(
+    name="features", version=1, prompt_set="natural", compare=_compare, thresholds=THRESHOLDS,
+    title="analysis 3, SAE feature survival", needs_sae=True,
+    # "survived": a bool per feature
+    metrics={"shared_top10": UP, "survived": UP, "survival": UP, "n_survived": UP, "pearson": UP,
+             "mean_pearson_top": UP, "mean_pearson_alive": UP, "fve_quant": UP},
+    headline=Headline("survival", "SAE survival", digits=2))

@@ -9,6 +9,7 @@ too: with right padding, the last real token of each row predicts nothing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import math
 from dataclasses import dataclass
 
@@ -20,8 +21,11 @@ from torch import Tensor
 from qcheck import metrics
 from qcheck.analyses._common import check_same_inputs, fails_max, fails_min, fmt
 from qcheck.capture import Capture
-from qcheck.config import Thresholds
+from qcheck.analyses.base import Analysis, Context, DOWN, DOWN_DIFF, Headline, Threshold, UP
 from qcheck.verdict import Failure
+
+if TYPE_CHECKING:
+    from qcheck.thresholds import Thresholds
 
 
 def next_token_losses(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
@@ -33,6 +37,9 @@ def next_token_losses(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Te
     ce = F.cross_entropy(logits[:, :-1][targets].float(), tokens[:, 1:][targets], reduction="none")
     return ce.double()
 
+
+# Seeds the bootstrap interval of the loss increase; the report records it.
+BOOTSTRAP_SEED = 0
 
 @dataclass(frozen=True)
 class FidelityResult:
@@ -91,7 +98,7 @@ class FidelityResult:
 
 
 @torch.no_grad()
-def compare_outputs(fp: Capture, quant: Capture, *, seed: int = 0) -> FidelityResult:
+def compare_outputs(fp: Capture, quant: Capture, *, seed: int = BOOTSTRAP_SEED) -> FidelityResult:
     """Compare the final logits of FP and quantized captures over real positions.
 
     `seed` seeds the bootstrap interval of the loss increase (1000 resamples, 95%).
@@ -107,3 +114,24 @@ def compare_outputs(fp: Capture, quant: Capture, *, seed: int = 0) -> FidelityRe
                           loss_fp=float(loss_fp.mean()), loss_quant=float(loss_quant.mean()),
                           loss_increase_ci=metrics.bootstrap_ci(loss_quant - loss_fp, seed=seed),
                           n_positions=len(a), n_targets=len(loss_fp))
+
+
+# --- the analysis ---------------------------------------------------------------------------
+THRESHOLDS = (
+    Threshold("max_final_kl", 0.05, "nats", "mean KL(FP || quant) of the final next-token distribution"),
+    Threshold("min_top1_agreement", 0.9, "fraction, in [0, 1]", "top-1 agreement of the final predictions"),
+    Threshold("max_loss_increase", 0.05, "nats/token", "rise of the held-out next-token loss"),
+)
+
+
+def _compare(fp: Capture, quant: Capture, context: Context) -> FidelityResult:
+    return compare_outputs(fp, quant, seed=BOOTSTRAP_SEED)
+
+
+ANALYSIS = Analysis(
+    name="fidelity", version=1, prompt_set="natural", compare=_compare, thresholds=THRESHOLDS,
+    title="output fidelity (final KL, top-1 agreement, held-out loss)",
+    # low / high: the bounds of loss_increase_ci
+    metrics={"kl": DOWN_DIFF, "top1": UP, "loss_quant": DOWN, "perplexity_quant": DOWN,
+             "loss_increase": DOWN_DIFF, "low": DOWN_DIFF, "high": DOWN_DIFF},
+    headline=Headline("kl", "final KL", scientific=True))

@@ -11,14 +11,18 @@ top-1 agreement is whether the argmax is the same.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 from qcheck import metrics
 from qcheck.analyses._common import (check_same_inputs, fails_max, fails_min, fmt, layer_key, listing,
                                      worst_first)
 from qcheck.capture import Capture
-from qcheck.config import Thresholds
+from qcheck.analyses.base import Analysis, Context, DOWN_DIFF, Threshold, UP
 from qcheck.verdict import Failure
+
+if TYPE_CHECKING:
+    from qcheck.thresholds import Thresholds
 
 
 @dataclass(frozen=True)
@@ -77,3 +81,22 @@ def compare_logit_lens(fp: Capture, quant: Capture) -> LogitLensResult:
                            top1=tuple(metrics.topk_agreement(a, b, 1).mean(dim=1).tolist()),
                            top5=tuple(metrics.topk_agreement(a, b, k).mean(dim=1).tolist()),
                            n_prompts=a.shape[1])
+
+
+# --- the analysis ---------------------------------------------------------------------------
+THRESHOLDS = (
+    Threshold("max_lens_kl", 0.1, "nats", "max over layers of mean KL(FP || quant) of the lens predictions"),
+    Threshold("min_lens_top5", 0.8, "fraction, in [0, 1]",
+              "min over layers of the top-5 agreement of the lens predictions"),
+)
+
+
+def _compare(fp: Capture, quant: Capture, context: Context) -> LogitLensResult:
+    return compare_logit_lens(fp, quant)
+
+
+ANALYSIS = Analysis(
+    name="logit_lens", version=1, prompt_set="lens", compare=_compare, thresholds=THRESHOLDS,
+    title="analysis 4, per-layer logit-lens KL and top-k agreement",
+    metrics={"kl": DOWN_DIFF, "max_kl": DOWN_DIFF, "final_kl": DOWN_DIFF,
+             "top1": UP, "top5": UP, "min_top1": UP, "min_top5": UP})

@@ -10,9 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+INDUCTION_HALF = 25   # the study's [BOS, 25 random tokens, the same 25]
+INDUCTION_SEED = 42   # the study's seed
+N_SEQUENCES = 50      # the study's count
 
-def repeated_random_tokens(*, n_sequences: int = 50, half: int = 25, low: int, high: int,
-                           bos: int, seed: int = 42) -> Tensor:
+
+def repeated_random_tokens(*, n_sequences: int = N_SEQUENCES, half: int = INDUCTION_HALF, low: int,
+                           high: int, bos: int, seed: int = INDUCTION_SEED) -> Tensor:
     """Integer tokens of shape (n_sequences, 1 + 2 * half): BOS, then A, then A again."""
     if not 0 <= low < high:
         raise ValueError(f"token range [{low}, {high}) is empty")

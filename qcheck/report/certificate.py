@@ -17,9 +17,7 @@ failed, as expected.
 
 from __future__ import annotations
 
-from qcheck.analyses import ANALYSIS_VERSIONS
-
-ANALYSES = tuple(ANALYSIS_VERSIONS)  # the suite's analyses, by test marker name
+from qcheck.analyses import ANALYSES
 CERTIFICATE_SCHEMA = "qcheck.certificate"
 CERTIFICATE_VERSION = 1
 
@@ -54,7 +52,7 @@ def certificate(pair_id: str, pair: dict | None, tests: list[dict], results: dic
 
 def _suite_order(test: dict) -> tuple:
     known = test["analysis"] in ANALYSES
-    return (not known, ANALYSES.index(test["analysis"]) if known else 0, test["analysis"], test["nodeid"])
+    return (not known, list(ANALYSES).index(test["analysis"]) if known else 0, test["analysis"], test["nodeid"])
 
 
 def failed_lines(results: dict, *, expected: bool | None = None) -> list[str]:

@@ -14,6 +14,8 @@ from typing import Callable
 
 from matplotlib.figure import Figure
 
+from qcheck.analyses.attention import PREV_TOKEN_THRESHOLD
+from qcheck.analyses.features import MIN_SHARED, TOP_POSITIONS
 from qcheck.report.table import fmt_params, method_and_bits, method_order
 
 FP_COLOR, QUANT_COLOR, BAD, GOOD, OTHER = "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9a9a9a"
@@ -120,7 +122,7 @@ def plot_attention(metrics: dict, thresholds: dict) -> Figure:
             ax.add_patch(_outline(h, l))
     ax2.set_title("previous-token heads", fontsize=10)
     _scatter(ax2, {k: (v["prev_token_fp"], v["prev_token_quant"]) for k, v in heads.items()},
-             detect=0.4, survive=0.4, what="previous-token score")
+             detect=PREV_TOKEN_THRESHOLD, survive=PREV_TOKEN_THRESHOLD, what="previous-token score")
     return figure
 
 
@@ -176,15 +178,16 @@ def plot_circuits(metrics: dict, thresholds: dict) -> Figure:
 
 @register("features")
 def plot_features(metrics: dict, thresholds: dict) -> Figure:
-    """Per top SAE feature: shared top-10 positions (survives at >= 8) and activation correlation."""
+    """Per top SAE feature: shared top positions (survives at >= MIN_SHARED) and activation
+    correlation."""
     features = sorted(metrics["features"].items(), key=lambda kv: kv[1]["rank"])
     names = [k for k, _ in features]
     colors = [GOOD if v["survived"] else BAD for _, v in features]
     figure, (ax, ax2) = _figure(2, width=5.0)
     ax.bar(names, [v["shared_top10"] for _, v in features], color=colors)
-    _hline(ax, 8, "survives (≥ 8 of 10)")
+    _hline(ax, MIN_SHARED, f"survives (≥ {MIN_SHARED} of {TOP_POSITIONS})")
     summary = metrics["summary"]
-    ax.set(ylabel="top-10 FP positions kept", ylim=(0, 10.5),
+    ax.set(ylabel=f"top-{TOP_POSITIONS} FP positions kept", ylim=(0, TOP_POSITIONS + 0.5),
            title=f"survival {summary['n_survived']}/{summary['n_features']} "
                  f"(need {thresholds.get('min_feature_survival', math.nan):.0%})")
     ax2.bar(names, [v["pearson"] or 0.0 for _, v in features], color=colors)

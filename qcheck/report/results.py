@@ -26,7 +26,6 @@ Bump SCHEMA_VERSION (schema.py) when a field changes meaning or goes away; addin
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from qcheck.analyses import ANALYSIS_VERSIONS
+from qcheck.analyses import ANALYSES
 from qcheck.report.schema import OUTCOMES, SCHEMA_ID, SCHEMA_VERSION
 
 PACKAGES = ("qcheck", "torch", "transformers", "transformer_lens", "numpy", "safetensors",
@@ -75,14 +74,13 @@ def jsonable(value: Any) -> Any:
 
 def seeds(spec) -> dict[str, int | None]:
     """Every seed a pair's numbers depend on, read from where each is defined."""
-    from qcheck.analyses.fidelity import compare_outputs
+    from qcheck.analyses.fidelity import BOOTSTRAP_SEED
     from qcheck.basis import SAE_SEED
-    from qcheck.pair import INDUCTION_SEED
+    from qcheck.data.induction import INDUCTION_SEED
 
     return {"induction": INDUCTION_SEED, "sae": SAE_SEED,
             "calibration": spec.seed if spec.needs_calibration else None,
-            # the certification test calls compare_outputs with its default seed
-            "fidelity_bootstrap": inspect.signature(compare_outputs).parameters["seed"].default}
+            "fidelity_bootstrap": BOOTSTRAP_SEED}
 
 
 def entry_for_pair(pair, worker: str) -> dict:
@@ -125,10 +123,10 @@ def entry_for_test(*, nodeid: str, pair_id: str, analysis: str, outcome: str, re
         verdict = "fail" if failures else "pass"
     return jsonable({
         "nodeid": nodeid, "pair": pair_id, "analysis": analysis,
-        "analysis_version": ANALYSIS_VERSIONS.get(analysis), "outcome": outcome,
+        "analysis_version": (ANALYSES[analysis].version if analysis in ANALYSES else None), "outcome": outcome,
         "verdict": verdict, "failures": [str(f) for f in failures], "criteria": criteria, "notes": notes,
         "expected_failure": expected_failure,
-        "thresholds": dataclasses.asdict(thresholds) if thresholds is not None else None,
+        "thresholds": thresholds.as_dict() if thresholds is not None else None,
         "device": device, "metrics": metrics, "duration": duration})
 
 

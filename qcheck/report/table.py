@@ -13,7 +13,12 @@ import html
 import re
 from dataclasses import dataclass
 
+from qcheck.analyses import ANALYSES
+from qcheck.analyses.circuits import FIXED_THRESHOLD
+
 MISSING = "–"
+# The per-pair table's columns after the induction ones: each analysis's headline, registry order.
+HEADLINES = tuple((name, a.headline) for name, a in ANALYSES.items() if a.headline is not None)
 _BITS = re.compile(r"-w(\d+)")
 
 
@@ -117,7 +122,7 @@ class Index:
 def _rules_note(results: dict) -> str:
     rules = sorted({(t.get("thresholds") or {}).get("induction_rule") for t in results["tests"]
                     if t["analysis"] == "circuits"} - {None})
-    text = {"fixed": "fixed rule: score > 0.4 before and after",
+    text = {"fixed": f"fixed rule: score > {FIXED_THRESHOLD} before and after",
             "relative": "relative rule: FP > mean + 2σ of FP scores, survives above half of it"}
     return "induction heads under the " + "; ".join(text[r] for r in rules) if rules else ""
 
@@ -164,11 +169,11 @@ def pair_table(results: dict) -> Table | None:
         errors = [a for (p, a), t in sorted(index.tests.items()) if p == pair_id and t["verdict"] is None]
         verdict = ("fail: " + ", ".join(failed) if failed else "pass") + (
             f" (no result: {', '.join(errors)})" if errors else "")
-        rows.append((model, quant, fmt_params(index.n_params(pair_id)), survival, corr,
-                     _num(get("activations", "min_resid_cosine")), _sci(get("attention", "mean_jsd")),
-                     _num(get("features", "survival"), 2), _sci(get("fidelity", "kl")), verdict))
-    headers = ("model", "quant", "params", "induction", "ind. corr", "min resid cos", "mean JSD",
-               "SAE survival", "final KL", "threshold verdicts")
+        headlines = tuple(_sci(get(name, h.key)) if h.scientific else _num(get(name, h.key), h.digits)
+                          for name, h in HEADLINES)
+        rows.append((model, quant, fmt_params(index.n_params(pair_id)), survival, corr, *headlines, verdict))
+    headers = ("model", "quant", "params", "induction", "ind. corr", *(h.column for _, h in HEADLINES),
+               "threshold verdicts")
     return Table("Per (model, quantizer)", headers, tuple(rows),
                  note="mean JSD in bits; final KL(FP‖quant) of the next-token distribution, nats",
                  left=(0, 1, len(headers) - 1))

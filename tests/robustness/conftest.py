@@ -43,7 +43,7 @@ class Cli:
 @pytest.fixture
 def cli(pytester: pytest.Pytester, monkeypatch, tmp_path_factory) -> Cli:
     monkeypatch.setenv("QCHECK_CACHE_DIR", str(tmp_path_factory.mktemp("qcheck-cache")))
-    pytester.makeconftest('pytest_plugins = ["qcheck.plugin"]')
+    pytester.makeconftest("")  # qcheck's plugin comes from its pytest11 entry point
     pytester.makeini("[pytest]\nmarkers =\n    activations: a\n    gpu: g\n    xdist_group(name): g\n")
     pytester.makepyfile(test_certify=CERTIFY_TEST)
     return Cli(pytester)

@@ -17,7 +17,7 @@ CONFTEST = """
 import pytest
 from qcheck.drift import Header
 
-pytest_plugins = ["qcheck.baselines"]
+pytest_plugins = ["qcheck.suite.baselines"]
 
 @pytest.fixture
 def baseline_header():

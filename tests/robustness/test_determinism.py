@@ -17,15 +17,15 @@ from qcheck.analyses.attention import compare_attention
 from qcheck.analyses.circuits import compare_induction_captures
 from qcheck.analyses.fidelity import compare_outputs
 from qcheck.analyses.logit_lens import compare_logit_lens
-from qcheck.config import Thresholds
-from qcheck.matrix import Case
+from qcheck.thresholds import Thresholds
+from qcheck.pair import Case
 from qcheck.models.registry import ZOO_DIR, zoo_names
-from qcheck.options import ThresholdOverrides
+from qcheck.suite.options import ThresholdOverrides
 from qcheck.pair import INDUCTION_HALF
 from qcheck.quantize.cache import model_digest
 from qcheck.quantize.spec import parse_quant_spec
 from qcheck.report.results import seeds
-from qcheck.session import QcheckSession
+from qcheck.suite.session import QcheckSession
 
 ROOT = Path(__file__).resolve().parents[2]
 QUANT = "gptq-w4-n16-len64"  # GPTQ: sampled calibration, Hessians, Cholesky; small enough to be quick

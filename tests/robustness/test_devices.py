@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from qcheck.options import parse_device, session_device, worker_device
+from qcheck.suite.options import parse_device, session_device, worker_device
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ XDIST_CONFTEST = """
 import torch
 torch.cuda.is_available = lambda: True      # two pretend GPUs, in every worker process
 torch.cuda.device_count = lambda: 2
-pytest_plugins = ["qcheck.plugin"]
+# qcheck's plugin comes from its pytest11 entry point
 """
 
 XDIST_TEST = """

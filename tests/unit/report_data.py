@@ -4,24 +4,26 @@ No model, no capture; builds in milliseconds."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import torch
 
+from qcheck.analyses import ANALYSES
 from qcheck.analyses.activations import HOOKS, METRICS, ActivationResult
 from qcheck.analyses.attention import AttentionResult
 from qcheck.analyses.circuits import InductionResult, apply_rule
 from qcheck.analyses.features import FeatureResult
 from qcheck.analyses.fidelity import FidelityResult
 from qcheck.analyses.logit_lens import LogitLensResult
-from qcheck.config import Thresholds
-from qcheck.matrix import Case
 from qcheck.metrics import Interval
+from qcheck.pair import Case
 from qcheck.quantize.spec import parse_quant_spec
 from qcheck.report.merge import merge
 from qcheck.report.results import entry_for_pair, entry_for_test, environment
+from qcheck.thresholds import Thresholds
 
-ANALYSES = ("activations", "attention", "features", "logit_lens", "circuits", "fidelity")
+ANALYSIS_NAMES = tuple(ANALYSES)
 MODELS = {"zoo-small": 2, "zoo-large": 3}   # name -> n_layers
 QUANTS = ("rtn-w4", "gptq-w4")
 N_HEADS = 4
@@ -75,7 +77,8 @@ def fake_pair(case: Case, n_layers: int, worker_seed: int = 0):
         module.bias.zero_()
     calibrated = case.quant.startswith("gptq")
     return SimpleNamespace(
-        case=case, fp_bridge=SimpleNamespace(cfg=SimpleNamespace(n_layers=n_layers, n_heads=N_HEADS, d_model=8)),
+        case=case, captures=lambda prompt_set: (None, None),  # synthetic analyses read no capture
+        fp_bridge=SimpleNamespace(cfg=SimpleNamespace(n_layers=n_layers, n_heads=N_HEADS, d_model=8)),
         model=SimpleNamespace(spec=SimpleNamespace(name=case.model, kind="zoo", location=f"/zoo/{case.model}"),
                               n_params=10_000 * n_layers ** 3),
         quantized=SimpleNamespace(spec=parse_quant_spec(case.quant), weight_digest=f"fp-{case.model}",
@@ -83,6 +86,12 @@ def fake_pair(case: Case, n_layers: int, worker_seed: int = 0):
                                   calibration_source="sampled n=128" if calibrated else None,
                                   calibration_digest="c0ffee" if calibrated else None,
                                   report=SimpleNamespace(seconds=1.5 + worker_seed)))
+
+
+def synthetic_analysis(analysis: str, n_layers: int, damage: float):
+    """The registered analysis, computing `synthetic_result` instead of reading captures."""
+    return dataclasses.replace(ANALYSES[analysis],
+                               compare=lambda fp, quant, context: synthetic_result(analysis, n_layers, damage))
 
 
 def cases() -> list[tuple[Case, int]]:
@@ -93,7 +102,7 @@ def damage_of(case: Case) -> float:
     return {"rtn-w4": 0.6, "gptq-w4": 0.02}[case.quant] / (1 if case.model == "zoo-small" else 3)
 
 
-def partial(worker: str, selected: list[tuple[Case, int]], analyses=ANALYSES, worker_seed: int = 0) -> dict:
+def partial(worker: str, selected: list[tuple[Case, int]], analyses=ANALYSIS_NAMES, worker_seed: int = 0) -> dict:
     """A process's partial for the given cases: every analysis, outcomes from the verdicts."""
     tests = []
     for case, n_layers in selected:
@@ -112,7 +121,7 @@ RUN = {"started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:01:00+
        "args": ["tests/certify"], "notes": [], "files": []}
 
 
-def results_document(analyses=ANALYSES) -> dict:
+def results_document(analyses=ANALYSIS_NAMES) -> dict:
     """The serial run's document: every case, every analysis."""
     return merge([partial("main", cases(), analyses)], run=dict(RUN), environment=environment("cpu"))
 

@@ -15,7 +15,7 @@ from qcheck.analyses._common import listing
 from qcheck.analyses.heads import induction_scores, previous_token_scores
 from qcheck.analyses.sae import SAE, SAEConfig
 from qcheck.capture import Capture
-from qcheck.config import Thresholds
+from qcheck.thresholds import Thresholds
 from qcheck.data.induction import repeated_random_tokens
 
 N_LAYERS, N_HEADS, D_MODEL, D_VOCAB = 2, 3, 8, 11
@@ -442,7 +442,7 @@ def test_induction_relative_rule_is_the_studys_code():
     assert result.relative.survive_threshold == pytest.approx(threshold / 2)
     assert result.relative.detected == result.relative.survived == ((0, 0),)
     assert result.fixed.detected == ((0, 0),) and result.fixed.survived == ()  # 0.39 < 0.4
-    assert result.failures(replace(DEFAULT, induction_rule="relative")) == []
+    assert result.failures(DEFAULT.updated({'induction_rule': "relative"})) == []
     with pytest.raises(ValueError, match="rule='relative'"):
         result.failures(DEFAULT)
     (message,) = compare(fp, quant, rule="fixed").failures(DEFAULT)

@@ -40,11 +40,12 @@ def test_fake(case, result, baseline):
 CONFTEST = """
 import os
 import pytest
-from qcheck import baselines
+from qcheck.suite import baselines
 from qcheck.drift import Header
 
-pytest_plugins = ["qcheck.baselines"]
+pytest_plugins = ["qcheck.suite.baselines"]
 
+@pytest.hookimpl(trylast=True)  # after qcheck's plugin, which sets them from its own options
 def pytest_configure(config):
     config.stash[baselines.DEVICE_CLASS] = os.environ.get("QCHECK_FAKE_DEVICE_CLASS", "cpu")
     config.stash[baselines.REQUIRE] = lambda case: bool(os.environ.get("QCHECK_FAKE_REQUIRE"))
@@ -149,7 +150,7 @@ def test_improvement_and_a_lost_head_are_told_apart(suite):
     outcome = suite.runpytest("-vv")
     outcome.assert_outcomes(passed=1, failed=1)
     shows(outcome, "hook_resid_post.L1.cosine  0.991235 → 0.996 (+0.48%)  better",
-          'survived                   ["L0H1", "L1H2"] → ["L0H1"]  worse')
+          'survived                   ["L0H1", "L1H2"] → ["L0H1"]  changed')  # no direction in activations
 
 
 @pytest.mark.parametrize("update", [[], ["--snapshot-update"]], ids=["check", "update"])

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qcheck.matrix import DEFAULT_QUANTS, Case, build_cases, is_selected
+from qcheck.pair import Case
+from qcheck.suite.matrix import DEFAULT_QUANTS, build_cases, is_selected
 from qcheck.models.registry import ZOO_DIR, zoo_names
 
 from tests.conftest import build_tiny, plugin_suite

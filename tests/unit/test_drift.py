@@ -18,8 +18,10 @@ def doc(results: dict, **header) -> dict:
     return {"header": {**HEADER, **header}, "results": results}
 
 
-def changes(old: dict, new: dict) -> dict[str, tuple]:
-    return {c.path: (c.old, c.new, c.verdict) for c in compare(doc(old), doc(new)).changes}
+def changes(old: dict, new: dict, analysis: str = "activations") -> dict[str, tuple]:
+    """Moved values of results judged by `analysis`'s drift rules (its `metrics`)."""
+    return {c.path: (c.old, c.new, c.verdict)
+            for c in compare(doc(old, analysis=analysis), doc(new, analysis=analysis)).changes}
 
 
 def test_file_rounds_floats_to_six_significant_digits_and_keeps_key_order():
@@ -50,20 +52,21 @@ def test_values_near_zero_use_the_absolute_tolerance():
     assert changes({"kl": 1e-8}, {"kl": 5e-6})
 
 
-@pytest.mark.parametrize("old, new, verdict", [
-    ({"cosine": 0.99}, {"cosine": 0.9}, "worse"),
-    ({"cosine": 0.9}, {"cosine": 0.99}, "better"),
-    ({"kl": 0.1}, {"kl": 0.2}, "worse"),
-    ({"survived": True}, {"survived": False}, "worse"),
-    ({"n_survived": 3}, {"n_survived": 4}, "better"),
-    ({"survived": ["L0H1", "L1H2"]}, {"survived": ["L1H2"]}, "worse"),
-    ({"detected": ["L0H1"]}, {"detected": ["L0H1", "L1H0"]}, "changed"),  # FP side: no direction
-    ({"icl_loss_fp": 1.0}, {"icl_loss_fp": 2.0}, "changed"),
-    ({"rule": "fixed"}, {"rule": "relative"}, "changed"),
-    ({"correlation": 0.9}, {"correlation": None}, "changed"),
+@pytest.mark.parametrize("analysis, old, new, verdict", [
+    ("activations", {"cosine": 0.99}, {"cosine": 0.9}, "worse"),
+    ("activations", {"cosine": 0.9}, {"cosine": 0.99}, "better"),
+    ("logit_lens", {"kl": 0.1}, {"kl": 0.2}, "worse"),
+    ("features", {"survived": True}, {"survived": False}, "worse"),
+    ("circuits", {"n_survived": 3}, {"n_survived": 4}, "better"),
+    ("circuits", {"survived": ["L0H1", "L1H2"]}, {"survived": ["L1H2"]}, "worse"),
+    ("circuits", {"detected": ["L0H1"]}, {"detected": ["L0H1", "L1H0"]}, "changed"),  # FP side: no direction
+    ("circuits", {"icl_loss_fp": 1.0}, {"icl_loss_fp": 2.0}, "changed"),
+    ("circuits", {"rule": "fixed"}, {"rule": "relative"}, "changed"),
+    ("circuits", {"correlation": 0.9}, {"correlation": None}, "changed"),
+    ("activations", {"kl": 0.1}, {"kl": 0.2}, "changed"),  # another analysis's key: no direction here
 ])
-def test_direction_comes_from_the_metric(old, new, verdict):
-    [(_, _, found)] = changes(old, new).values()
+def test_direction_comes_from_the_analysis_metric(analysis, old, new, verdict):
+    [(_, _, found)] = changes(old, new, analysis).values()
     assert found == verdict
 
 
@@ -80,7 +83,7 @@ def test_added_and_removed_elements_are_named():
 
 
 def test_lists_of_numbers_are_compared_element_by_element():
-    assert changes({"top5": [0.5, 0.6]}, {"top5": [0.5, 0.4]}) == {"top5[1]": (0.6, 0.4, "worse")}
+    assert changes({"top5": [0.5, 0.6]}, {"top5": [0.5, 0.4]}, "logit_lens") == {"top5[1]": (0.6, 0.4, "worse")}
 
 
 def test_platform_differences_are_not_comparable_and_identity_differences_are_changes():
@@ -101,7 +104,7 @@ def test_a_header_without_a_newer_optional_field_still_matches():
 def test_message_lists_the_summary_first_and_caps_the_listing():
     old = {"layers": {f"L{i}": {"kl": 1.0} for i in range(40)}, "summary": {"max_kl": 1.0}}
     new = {"layers": {f"L{i}": {"kl": 2.0} for i in range(40)}, "summary": {"max_kl": 2.0}}
-    lines = compare(doc(old), doc(new)).describe("baselines/x.json")
+    lines = compare(doc(old, analysis="logit_lens"), doc(new, analysis="logit_lens")).describe("baselines/x.json")
     assert lines[0] == "41 of 41 values in baselines/x.json moved beyond tolerance (41 worse):"
     assert lines[1].split() == ["summary.max_kl", "1", "→", "2", "(+100.00%)", "worse"]
     assert lines[2].split()[0] == "layers.L0.kl"
@@ -126,5 +129,5 @@ def test_settle_keeps_the_recorded_digits_of_values_within_tolerance():
     old = {"L0": {"cosine": 0.9, "l2": 1.0}, "n": 5, "heads": ["L0H1"], "top5": [0.5, 0.6]}
     new = {"L0": {"cosine": 0.9000001, "l2": 1.5}, "n": 6, "heads": ["L0H1"], "top5": [0.5000001, 0.4],
            "new": 1.0}
-    assert drift.settle(old, new) == {"L0": {"cosine": 0.9, "l2": 1.5}, "n": 6, "heads": ["L0H1"],
+    assert drift.settle(old, new, drift.metrics_of({"analysis": "activations"})) == {"L0": {"cosine": 0.9, "l2": 1.5}, "n": 6, "heads": ["L0H1"],
                                       "top5": [0.5, 0.4], "new": 1.0}

@@ -8,25 +8,25 @@ import json
 import pytest
 import report_data as data
 
-from qcheck.config import Thresholds
+from qcheck.thresholds import Thresholds
 from qcheck.models.registry import zoo_names
-from qcheck.session import QcheckSession
+from qcheck.suite.session import QcheckSession
 
 MODEL = zoo_names()[0]
 CERTIFY_TEST = """
 import os, pytest, report_data
 
 @pytest.mark.circuits
-def test_circuits(pair, thresholds, certify):
+def test_circuits(pair, certify):
     if os.environ.get("QCHECK_FAKE_CRASH") == "analysis":
         {}["L1H2"]  # a KeyError inside an analysis
-    certify(report_data.synthetic_result("circuits", 2, report_data.damage_of(pair.case)))
+    certify(report_data.synthetic_analysis("circuits", 2, report_data.damage_of(pair.case)))
 """
 CONFTEST = f"""
 import pytest
 from qcheck.drift import Header
 
-pytest_plugins = ["qcheck.plugin"]
+# qcheck's plugin comes from its pytest11 entry point
 
 @pytest.fixture
 def baseline_header(pair):  # the real one reads a loaded model; the fields are what matters here

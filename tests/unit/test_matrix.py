@@ -1,6 +1,7 @@
 """The certification matrix: default cases, command-line additions, deselection."""
 
-from qcheck.matrix import DEFAULT_QUANTS, Case, build_cases, is_selected
+from qcheck.pair import Case
+from qcheck.suite.matrix import DEFAULT_QUANTS, build_cases, is_selected
 
 ZOO = ["zoo-a", "zoo-b"]
 

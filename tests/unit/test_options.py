@@ -3,8 +3,8 @@ Devices (parse_device, the xdist GPU mapping): tests/robustness/test_devices.py.
 
 import pytest
 
-from qcheck.config import Thresholds
-from qcheck.options import parse_threshold_overrides, thresholds_from_pyproject
+from qcheck.thresholds import Thresholds
+from qcheck.suite.options import parse_threshold_overrides, thresholds_from_pyproject
 
 
 def test_threshold_overrides_global_and_per_model():
@@ -17,7 +17,7 @@ def test_threshold_overrides_global_and_per_model():
 @pytest.mark.parametrize("item, message", [("min_resid_cosine", "expected KEY=VALUE"),
                                            ("nope=1", "unknown threshold 'nope'"),
                                            ("min_resid_cosine=high", "is not a float"),
-                                           ("induction_rule=sometimes", "expected 'fixed' or 'relative'")])
+                                           ("induction_rule=sometimes", "expected one of fixed, relative")])
 def test_bad_threshold_override_names_the_value(item, message):
     with pytest.raises(ValueError, match=message):
         parse_threshold_overrides([item], Thresholds())

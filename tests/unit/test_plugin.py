@@ -29,7 +29,7 @@ def test_bad_option_is_one_usage_error(suite, args, message):
 
 
 def test_narrowing_deselects_and_keeps_the_whole_matrix(suite):
-    from qcheck.matrix import DEFAULT_QUANTS
+    from qcheck.suite.matrix import DEFAULT_QUANTS
     from qcheck.models.registry import zoo_names
 
     everything = len(zoo_names()) * len(DEFAULT_QUANTS)

@@ -12,7 +12,7 @@ import report_data as data
 
 from qcheck.report import certificate, table
 from qcheck.report.merge import merge
-from qcheck.report.progress import Progress, terminal_progress
+from qcheck.suite.progress import Progress, terminal_progress
 from qcheck.report.results import dumps, outcome_of
 from qcheck.report.schema import SCHEMA, comparable, validate
 from qcheck.report.write import RESULTS, ReportDirError, check_directory, render, write_report
@@ -86,8 +86,8 @@ def test_outcome_of_a_tests_phases(phases, expected):
 def test_merged_partials_equal_the_serial_document(results):
     everything = data.cases()
     # Under --dist load a pair's tests are spread over workers: both build it (one from the cache).
-    gw0 = data.partial("gw0", everything, data.ANALYSES[:3])
-    gw1 = data.partial("gw1", everything, data.ANALYSES[3:], worker_seed=1)
+    gw0 = data.partial("gw0", everything, data.ANALYSIS_NAMES[:3])
+    gw1 = data.partial("gw1", everything, data.ANALYSIS_NAMES[3:], worker_seed=1)
     merged = merge([gw1, gw0], run=dict(data.RUN), environment=results["environment"])
     assert comparable(merged) == comparable(results)
     assert merged["run"]["workers"] == ["gw0", "gw1"] and merged["run"]["notes"] == []
@@ -121,7 +121,7 @@ def test_every_file_the_report_lists_exists_and_index_links_only_to_them(report)
     page = (directory / "index.html").read_text()
     assert links(page) and set(links(page)) <= set(files)
     assert all(f"{pair}/{analysis}.png" in links(page) for pair, _ in
-               [(c.id, n) for c, n in data.cases()] for analysis in data.ANALYSES)
+               [(c.id, n) for c, n in data.cases()] for analysis in data.ANALYSIS_NAMES)
 
 
 def png_size(blob: bytes) -> tuple[int, int]:
@@ -134,7 +134,7 @@ def test_plots_are_png_images_with_something_drawn(report):
 
     directory, files = report
     pngs = [f for f in files if f.endswith(".png")]
-    assert len(pngs) == len(data.cases()) * len(data.ANALYSES) + 1  # + scaling.png
+    assert len(pngs) == len(data.cases()) * len(data.ANALYSIS_NAMES) + 1  # + scaling.png
     for name in pngs:
         width, height = png_size((directory / name).read_bytes())
         pixels = imread(directory / name)

@@ -10,18 +10,18 @@ import report_data as data
 
 import qcheck.report.plots  # noqa: F401  pytester's in-process runs drop modules they import first;
 #                             a matplotlib imported half inside, half outside them breaks
-from qcheck.config import Thresholds
+from qcheck.thresholds import Thresholds
 from qcheck.models.registry import zoo_names
 from qcheck.report.schema import validate
-from qcheck.session import QcheckSession
+from qcheck.suite.session import QcheckSession
 
 CERTIFY_TEST = """
 import pytest
 import report_data
 
 @pytest.mark.circuits
-def test_circuits(pair, thresholds, certify):
-    certify(report_data.synthetic_result("circuits", 2, report_data.damage_of(pair.case)))
+def test_circuits(pair, certify):
+    certify(report_data.synthetic_analysis("circuits", 2, report_data.damage_of(pair.case)))
 """
 MODEL = zoo_names()[0]
 # what the synthetic rtn-w4 result (damage 0.6) fails
@@ -30,7 +30,7 @@ CONFTEST = """
 import pytest
 from qcheck.drift import Header
 
-pytest_plugins = ["qcheck.plugin"]
+# qcheck's plugin comes from its pytest11 entry point
 
 @pytest.fixture
 def baseline_header(pair):  # the real one reads a loaded model

@@ -1,24 +1,25 @@
-"""Threshold verdicts against declared expected failures (qcheck/verdict.py, qcheck/expected.py)."""
-
-from dataclasses import replace
+"""Threshold verdicts against declared expected failures (qcheck/verdict.py, qcheck/suite/expected.py)."""
 
 import pytest
 
-from qcheck.analyses import ANALYSIS_VERSIONS
-from qcheck.config import Thresholds
-from qcheck.expected import declarations_from_results, load_expected_failures
+from qcheck.analyses import ANALYSES
+from qcheck.suite.expected import declarations_from_results, known_criteria, load_expected_failures
+from qcheck.thresholds import Thresholds
 from qcheck.verdict import Failure, judge
 
 COSINE = Failure("min_resid_cosine", "resid_post cosine below 0.95 at L1 (0.85)", 0.85)
 JSD = Failure("max_head_jsd", "attention JSD above 0.05 bits at L1H2 (0.1)", 0.1)
-ANALYSES = tuple(ANALYSIS_VERSIONS)
 
 
 def test_a_failure_is_its_message_and_knows_its_criterion():
     assert COSINE == "resid_post cosine below 0.95 at L1 (0.85)" and "L1" in COSINE
     assert (COSINE.criterion, COSINE.value) == ("min_resid_cosine", 0.85)
-    with pytest.raises(ValueError, match="unknown criterion 'min_cosine'"):
-        Failure("min_cosine", "typo")
+
+
+def test_every_declared_bound_is_a_criterion_and_settings_are_not():
+    bounds = {t.key for a in ANALYSES.values() for t in a.thresholds if not t.choices}
+    assert set(known_criteria()) == bounds | {"induction_heads_detected"}
+    assert "induction_rule" not in known_criteria()
 
 
 def test_nothing_declared_passes_or_fails_plainly():
@@ -58,7 +59,7 @@ reason = "resid_post cosine below 0.95 at L1 (0.27)"
 def test_a_declaration_names_its_case_criteria_and_measurement(tmp_path):
     path = tmp_path / "expected.toml"
     path.write_text(ENTRY)
-    (entry,) = load_expected_failures(path, ANALYSES).values()
+    (entry,) = load_expected_failures(path).values()
     assert (entry.model, entry.quant, entry.analysis, entry.fails) == ("zoo-a", "rtn-w2", "activations",
                                                                        ("min_resid_cosine",))
     assert entry.reason == "fails min_resid_cosine (measured min_resid_cosine=0.27): resid_post cosine below 0.95 at L1 (0.27)"
@@ -68,12 +69,12 @@ def test_a_declaration_applies_only_under_the_default_thresholds_it_was_measured
     path = tmp_path / "expected.toml"
     path.write_text(ENTRY + ENTRY.replace('"activations"', '"circuits"').replace(
         '"min_resid_cosine"]', '"min_induction_survival"]').replace("measured = { min_resid_cosine = 0.27 }", ""))
-    declared = load_expected_failures(path, ANALYSES)
+    declared = load_expected_failures(path)
     cosine, heads = declared["zoo-a", "rtn-w2", "activations"], declared["zoo-a", "rtn-w2", "circuits"]
     assert cosine.applies(Thresholds()) and heads.applies(Thresholds())
-    assert not cosine.applies(replace(Thresholds(), min_resid_cosine=0.5))
-    assert cosine.applies(replace(Thresholds(), max_head_jsd=0.5))  # another criterion: still applies
-    assert not heads.applies(replace(Thresholds(), induction_rule="relative"))
+    assert not cosine.applies(Thresholds().updated({'min_resid_cosine': 0.5}))
+    assert cosine.applies(Thresholds().updated({'max_head_jsd': 0.5}))  # another criterion: still applies
+    assert not heads.applies(Thresholds().updated({'induction_rule': 'relative'}))
 
 
 @pytest.mark.parametrize("edit, says", [
@@ -90,7 +91,7 @@ def test_a_bad_declaration_names_the_file_the_entry_and_the_fix(tmp_path, edit, 
     path = tmp_path / "expected.toml"
     path.write_text(edit(ENTRY))
     with pytest.raises(ValueError, match="expected.toml") as error:
-        load_expected_failures(path, ANALYSES)
+        load_expected_failures(path)
     assert says in str(error.value)
 
 
@@ -103,6 +104,6 @@ def test_declarations_are_written_from_a_run_s_failing_verdicts(tmp_path):
     written, by_hand = tmp_path / "written.toml", tmp_path / "by_hand.toml"
     written.write_text(declarations_from_results(results))
     by_hand.write_text(ENTRY)
-    (entry,) = load_expected_failures(written, ANALYSES).values()
-    assert entry == load_expected_failures(by_hand, ANALYSES)["zoo-a", "rtn-w2", "activations"]
+    (entry,) = load_expected_failures(written).values()
+    assert entry == load_expected_failures(by_hand)["zoo-a", "rtn-w2", "activations"]
     assert entry.measured == {"min_resid_cosine": 0.27}

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from qcheck.config import Thresholds
+from qcheck.thresholds import Thresholds
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 

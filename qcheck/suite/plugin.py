@@ -1,22 +1,27 @@
-"""qcheck's pytest plugin: options, fixtures, collection narrowing, terminal summary.
+"""qcheck's pytest plugin: options, markers, fixtures, collection narrowing, terminal summary.
 
-Thin by design: every branch lives in qcheck/ (options.py, session.py, matrix.py), where it is
-unit-tested; the hooks and fixtures here only hand off.
+Installed as the `pytest11` entry point `qcheck` (pyproject.toml), so `pip install qcheck` gives
+every project the `--qcheck-*` options and markers, also for xdist workers and before pytest
+reads the command line (`--qcheck-report /abs/out` with a space works). Thin by design: every
+branch lives in the modules beside it (options.py, session.py, matrix.py, expected.py) or in the
+library, where it is unit-tested; the hooks and fixtures here only hand off.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from qcheck.analyses import ANALYSIS_VERSIONS
+from qcheck.analyses import ANALYSES
+from qcheck.analyses.base import Analysis, Context
+from qcheck.analyses.circuits import FIXED_THRESHOLD, RULES
 from qcheck.quantize.store import CacheWriteError
-from qcheck.report.progress import terminal_progress
+from qcheck.suite.progress import terminal_progress
 from qcheck.report.run import WORKEROUTPUT_KEY, ReportRun
-from qcheck.session import QcheckSession
+from qcheck.suite.session import QcheckSession
 from qcheck.verdict import judge
 
-# The `baseline` fixture and its hooks (syrupy glue; see qcheck/baselines.py).
-pytest_plugins = ["qcheck.baselines"]
+# The `baseline` fixture and its hooks (syrupy glue; see qcheck/suite/baselines.py).
+pytest_plugins = ["qcheck.suite.baselines"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,7 +31,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "Face id or a save_pretrained directory. Default: every zoo model.")
     group.addoption("--qcheck-quant", action="append", default=[], metavar="SPEC",
                     help="certify only this quantizer (repeatable), e.g. rtn-w4, gptq-w4-g128-act. "
-                         "Default: the reviewed matrix in qcheck/matrix.py.")
+                         "Default: the reviewed matrix in qcheck/suite/matrix.py.")
     group.addoption("--qcheck-checkpoint", action="append", default=[], metavar="DIR",
                     help="also certify this GPTQ-packed checkpoint (repeatable; AutoGPTQ/GPTQModel "
                          "layout, safetensors) as quantizer checkpoint:<folder name>, against the one "
@@ -34,13 +39,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qcheck-device", default="cpu", metavar="DEVICE",
                     help="auto, cpu, cuda or cuda:N (under xdist each worker takes its own GPU). "
                          "Default: cpu.")
-    group.addoption("--qcheck-induction-rule", default=None, choices=("fixed", "relative"),
-                    help="induction-head rule: fixed (> 0.4 before and after, the study's text) or "
-                         "relative (mean + 2 sigma of FP scores, survival above half, the study's "
-                         "code). Default: fixed, or [tool.qcheck.thresholds] induction_rule.")
+    group.addoption("--qcheck-induction-rule", default=None, choices=RULES,
+                    help=f"induction-head rule: fixed (> {FIXED_THRESHOLD} before and after) or relative "
+                         f"(mean + 2 sigma of FP scores, survival above half). Default: fixed, or "
+                         f"[tool.qcheck.thresholds] induction_rule.")
     group.addoption("--qcheck-threshold", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                     help="override a threshold, for every model or one (repeatable), e.g. "
-                         "min_resid_cosine=0.9. Keys: see qcheck/config.py Thresholds.")
+                         "min_resid_cosine=0.9. Keys: THRESHOLDS in qcheck/analyses/<name>.py.")
     group.addoption("--qcheck-cache", default=None, metavar="DIR",
                     help="cache of quantized weights and SAEs (default: $QCHECK_CACHE_DIR or "
                          "~/.cache/qcheck).")
@@ -55,6 +60,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    for analysis in ANALYSES.values():
+        config.addinivalue_line("markers", f"{analysis.name}: {analysis.title}")
+    config.addinivalue_line("markers", "xdist_group(name): group tests on one xdist worker "
+                                       "(registered here for -p no:xdist runs)")
     try:
         config.stash[_SESSION] = QcheckSession.from_pytest_config(config)
         config.stash[_REPORT] = ReportRun.from_options(
@@ -64,7 +73,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(error)) from None
     session = config.stash[_SESSION]
     session.progress = terminal_progress(config)
-    from qcheck import baselines  # loaded by pytest_plugins below, after this module
+    from qcheck.suite import baselines  # registered by pytest_plugins below, after this module
 
     config.stash[baselines.DEVICE_CLASS] = session.device.split(":")[0]
     config.stash[baselines.REQUIRE] = lambda case: (session.require_baselines and case is not None
@@ -97,8 +106,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _analysis(item: pytest.Item) -> str:
-    """The analysis a certification test runs: its marker named in ANALYSIS_VERSIONS."""
-    return next((m.name for m in item.iter_markers() if m.name in ANALYSIS_VERSIONS), "")
+    """The analysis a certification test runs: its marker that names a registered analysis."""
+    return next((m.name for m in item.iter_markers() if m.name in ANALYSES), "")
 
 
 @pytest.fixture(scope="session")
@@ -142,22 +151,28 @@ def record(request: pytest.FixtureRequest, pair, qcheck_session: QcheckSession):
 
 @pytest.fixture
 def certify(request: pytest.FixtureRequest, pair, thresholds, record, baseline, qcheck_session: QcheckSession):
-    """certify(result): the threshold verdict, then the baseline, then the declaration.
+    """certify(analysis): run it on the pair, then the threshold verdict, the baseline, and the
+    declaration.
 
     A result that fails a threshold fails the test, unless tests/certify/expected_failures.toml
     declares exactly the criteria it fails (qcheck/verdict.py); then its baseline is compared as
     a passing result's is, and only then does the test count as an expected failure. Exceptions
     are never expected: they fail or error the test, whatever is declared.
     """
-    def check(result) -> None:
+    def check(analysis: Analysis) -> None:
         __tracebackhide__ = True
-        record(result)
-        expected = qcheck_session.expected_failure(pair.case, _analysis(request.node))
+        marker = _analysis(request.node)
+        if analysis.name != marker:
+            raise ValueError(f"{request.node.nodeid} certifies {analysis.name!r} but is marked "
+                             f"{marker or 'with no analysis'}: mark it `pytest.mark.{analysis.name}`")
+        sae = request.getfixturevalue("sae") if analysis.needs_sae else None
+        result = record(analysis.compare(*pair.captures(analysis.prompt_set), Context(thresholds, sae)))
+        expected = qcheck_session.expected_failure(pair.case, analysis.name)
         judgement = judge(result.failures(thresholds), expected and expected.fails,
                           where=" in tests/certify/expected_failures.toml" if expected else "")
         if judgement.outcome == "fail":
             pytest.fail(judgement.message, pytrace=False)
-        from qcheck.baselines import compare_baseline
+        from qcheck.suite.baselines import compare_baseline
 
         compare_baseline(baseline, result.as_baseline())
         if judgement.outcome == "expected":

@@ -15,7 +15,7 @@ compares its baseline, so the numbers of a known-bad case are protected like a p
 The criteria were measured under the default thresholds (and the default induction rule): where
 a case runs under other values for them, the declaration does not apply and the verdict is plain.
 
-`python -m qcheck.expected out/results.json` writes the declarations a report's run measured
+`python -m qcheck.suite.expected out/results.json` writes the declarations a report's run measured
 (every failing verdict), the way this file was made; review the diff before committing it.
 No pytest here.
 """
@@ -28,11 +28,15 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qcheck.config import Thresholds
-from qcheck.verdict import known_criteria
+from qcheck.analyses import ANALYSES
+from qcheck.thresholds import DECLARED, Thresholds
+from qcheck.verdict import PRECONDITIONS
 
-# The criteria whose declaration depends on the rule, not only on the threshold values.
-RULE_DEPENDENT = {"min_induction_survival", "induction_heads_detected"}
+def known_criteria() -> tuple[str, ...]:
+    """Every criterion a declaration may name: the declared bounds (not settings) and PRECONDITIONS."""
+    return (*(key for key, t in DECLARED.items() if not t.choices), *PRECONDITIONS)
+
+
 _KEYS = {"model", "quant", "analysis", "fails", "measured", "reason"}
 
 
@@ -53,15 +57,15 @@ class ExpectedFailure:
         return f"{text}: {self.message}" if self.message else text
 
     def applies(self, thresholds: Thresholds) -> bool:
-        """True if `thresholds` are the defaults for every declared criterion (and the rule)."""
+        """True if `thresholds` are the defaults for every declared criterion and for every
+        setting of the analysis (e.g. the induction rule): what the declaration was measured under."""
+        settings = [t.key for t in ANALYSES[self.analysis].thresholds if t.choices]
         default = Thresholds()
-        if RULE_DEPENDENT & set(self.fails) and thresholds.induction_rule != default.induction_rule:
-            return False
-        return all(getattr(thresholds, key) == getattr(default, key) for key in self.fails
-                   if hasattr(default, key))
+        return all(thresholds[key] == default[key] for key in (*self.fails, *settings) if key in default)
 
 
-def load_expected_failures(path: Path, analyses: tuple[str, ...]) -> dict[tuple[str, str, str], ExpectedFailure]:
+def load_expected_failures(path: Path, analyses: tuple[str, ...] = tuple(ANALYSES)
+                           ) -> dict[tuple[str, str, str], ExpectedFailure]:
     """{(model, quant, analysis): entry}; ValueError naming the file, the entry and the fix."""
     if not path.is_file():
         return {}
@@ -125,7 +129,7 @@ def declarations_from_results(results: dict) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m qcheck.expected RESULTS_JSON  (a --qcheck-report directory's "
+        print("usage: python -m qcheck.suite.expected RESULTS_JSON  (a --qcheck-report directory's "
               "results.json); prints [[xfail]] tables for every failing verdict", file=sys.stderr)
         return 2
     sys.stdout.write(declarations_from_results(json.loads(Path(argv[0]).read_text(encoding="utf-8"))))

@@ -7,26 +7,16 @@ otherwise treat the other baselines as unused and delete them on --snapshot-upda
 the command-line models only, and adds to the selected quantizers without replacing the defaults.
 
 Expected failures of the matrix are declared in tests/certify/expected_failures.toml (read by
-qcheck/expected.py, judged by qcheck/verdict.py).
+qcheck/suite/expected.py, judged by qcheck/verdict.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from qcheck.pair import Case
 
 # 8-bit RTN is the control that must pass, 2-bit RTN the control that must fail; 4 and 3 bits
 # under both methods are where the study's question lives.
 DEFAULT_QUANTS = ("rtn-w8", "rtn-w4", "gptq-w4", "rtn-w3", "gptq-w3", "rtn-w2", "gptq-w2")
-
-
-@dataclass(frozen=True, order=True)
-class Case:
-    model: str
-    quant: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.model}-{self.quant}"
 
 
 def build_cases(zoo: list[str], models: list[str], quants: list[str], checkpoints: list[str] = ()) -> list[Case]:

@@ -43,7 +43,7 @@ from syrupy.extensions.json import JSONSnapshotExtension
 from syrupy.location import PyTestLocation
 
 from qcheck import drift
-from qcheck.analyses import ANALYSIS_PROMPT_SETS, ANALYSIS_VERSIONS
+from qcheck.analyses import ANALYSES
 
 BASELINES_DIR = "baselines"
 TESTS_DIR = "tests"
@@ -151,7 +151,7 @@ class Baseline(SnapshotAssertion):
             return True
         if stored is not None and not reason:
             # Values within tolerance keep their stored digits, so an update rewrites only what moved.
-            results = drift.settle(stored["results"], results)
+            results = drift.settle(stored["results"], results, drift.metrics_of(header))
         self._status("recorded" if updating and (stored is None or reason) else "compared")
         return super().__eq__({"header": header, "results": results})
 
@@ -190,10 +190,10 @@ def compare_baseline(baseline: Baseline, results: dict) -> None:
 
 
 def analysis_of(item: pytest.Item) -> str:
-    found = next((m.name for m in item.iter_markers() if m.name in ANALYSIS_VERSIONS), None)
+    found = next((m.name for m in item.iter_markers() if m.name in ANALYSES), None)
     if found is None:
         raise ValueError(f"{item.nodeid} uses `baseline` but has no analysis marker (one of "
-                         f"{', '.join(ANALYSIS_VERSIONS)}): the baseline header records it")
+                         f"{', '.join(ANALYSES)}): the baseline header records it")
     return found
 
 
@@ -216,8 +216,8 @@ def header_for(pair, analysis: str, device: str, basis_digest: str | None = None
     dtype = str(next(pair.model.hf.parameters()).dtype).removeprefix("torch.")
     return drift.Header(model=pair.case.model, weight_digest=quantized.weight_digest,
                         quant=str(quantized.spec), calibration_digest=quantized.calibration_digest,
-                        inputs_digest=inputs_digest(pair.model, ANALYSIS_PROMPT_SETS[analysis]),
-                        analysis=analysis, analysis_version=ANALYSIS_VERSIONS[analysis], dtype=dtype,
+                        inputs_digest=inputs_digest(pair.model, ANALYSES[analysis].prompt_set),
+                        analysis=analysis, analysis_version=ANALYSES[analysis].version, dtype=dtype,
                         device=device.split(":")[0],  # cuda:0 and cuda:1 round alike
                         environment=environment(), basis_digest=basis_digest)
 
@@ -225,7 +225,7 @@ def header_for(pair, analysis: str, device: str, basis_digest: str | None = None
 @pytest.fixture
 def baseline_header(request: pytest.FixtureRequest, pair, qcheck_session) -> drift.Header:
     analysis = analysis_of(request.node)
-    basis = request.getfixturevalue("sae").digest() if analysis == "features" else None
+    basis = request.getfixturevalue("sae").digest() if ANALYSES[analysis].needs_sae else None
     return header_for(pair, analysis, qcheck_session.device, basis)
 
 

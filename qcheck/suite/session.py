@@ -13,13 +13,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from qcheck import matrix
-from qcheck.analyses import ANALYSIS_VERSIONS
-from qcheck.config import Thresholds
-from qcheck.expected import ExpectedFailure, load_expected_failures
-from qcheck.options import (ThresholdOverrides, check_calibration_lengths, parse_threshold_overrides,
+from qcheck.pair import Case
+from qcheck.suite import matrix
+from qcheck.thresholds import Thresholds
+from qcheck.suite.expected import ExpectedFailure, load_expected_failures
+from qcheck.suite.options import (ThresholdOverrides, check_calibration_lengths, parse_threshold_overrides,
                             session_device, thresholds_from_pyproject)
-from qcheck.report.progress import Progress
+from qcheck.suite.progress import Progress
 
 EXPECTED_FAILURES = Path("tests") / "certify" / "expected_failures.toml"
 
@@ -41,7 +41,7 @@ class QcheckSession:
     _memo: dict = field(default_factory=dict, repr=False)
     results: list = field(default_factory=list, repr=False)
     # Long steps report here (quantization with its calibration, the SAE basis); the plugin sets a
-    # terminal one (qcheck/report/progress.py), silent by default.
+    # terminal one (qcheck/suite/progress.py), silent by default.
     progress: Progress = field(default_factory=Progress, repr=False)
 
     @classmethod
@@ -50,7 +50,7 @@ class QcheckSession:
         from qcheck.models.registry import ModelNotAvailable, resolve, zoo_names
         from qcheck.quantize.cache import default_cache_dir
         from qcheck.quantize.store import check_cache_dir
-        from qcheck.quantize.checkpoint.options import validate_checkpoints
+        from qcheck.suite.checkpoint_options import validate_checkpoints
         from qcheck.quantize.spec import parse_quant_spec
 
         table = _pyproject_table(Path(config.rootpath) / "pyproject.toml")
@@ -81,27 +81,26 @@ class QcheckSession:
             base_thresholds=base, pyproject_per_model=per_model,
             overrides=parse_threshold_overrides(config.getoption("--qcheck-threshold"), base),
             cache_dir=cache_dir,
-            expected_failures=load_expected_failures(Path(config.rootpath) / EXPECTED_FAILURES,
-                                                     tuple(ANALYSIS_VERSIONS)),
+            expected_failures=load_expected_failures(Path(config.rootpath) / EXPECTED_FAILURES),
             checkpoints=validate_checkpoints(config.getoption("--qcheck-checkpoint"), models),
             require_baselines=bool(config.getoption("--qcheck-require-baselines")),
         )
 
     # --- the matrix -----------------------------------------------------------------------
-    def pair_cases(self) -> list[matrix.Case]:
+    def pair_cases(self) -> list[Case]:
         from qcheck.models.registry import zoo_names
 
         return matrix.build_cases(zoo_names(), self.models, self.quants, list(self.checkpoints))
 
-    def selected(self, case: matrix.Case) -> bool:
+    def selected(self, case: Case) -> bool:
         return matrix.is_selected(case, self.models, self.quants, list(self.checkpoints))
 
-    def expected_failure(self, case: matrix.Case, analysis: str) -> ExpectedFailure | None:
+    def expected_failure(self, case: Case, analysis: str) -> ExpectedFailure | None:
         """The case's declaration, if any and if it applies under the case's thresholds."""
         entry = self.expected_failures.get((case.model, case.quant, analysis))
         return entry if entry is not None and entry.applies(self.thresholds_for(case.model)) else None
 
-    def in_default_matrix(self, case: matrix.Case) -> bool:
+    def in_default_matrix(self, case: Case) -> bool:
         """Cases whose baselines are committed: every zoo model under the default quantizers."""
         from qcheck.models.registry import zoo_names
 
@@ -152,7 +151,7 @@ class QcheckSession:
                 return sae_for(model, bridge, weight_digest=self.weight_digest(name), cache_dir=self.cache_dir)
         return self._once(("sae", name), build)
 
-    def quantized(self, case: matrix.Case):
+    def quantized(self, case: Case):
         """The quantized HF model for a case: from the disk cache, or computed and stored; for a
         checkpoint case, the checkpoint dequantized into a copy of the FP model."""
         from qcheck.quantize.cache import load_or_quantize
@@ -174,7 +173,7 @@ class QcheckSession:
             return quantized
         return self._once(("quantized", case), build)
 
-    def pair(self, case: matrix.Case):
+    def pair(self, case: Case):
         from qcheck.models.bridge import wrap
         from qcheck.pair import Pair
 

@@ -1,0 +1,124 @@
+"""What an analysis is: one `Analysis` object per module of qcheck/analyses/, found by the registry
+(qcheck/analyses/__init__.py), read by everything else (markers, baselines, drift, the report).
+
+An analysis module ends with `ANALYSIS = Analysis(...)`. It declares:
+- its name (the test marker, the baseline header's `analysis`, the report's key) and a version
+  to bump when its numbers change meaning;
+- the prompt set it reads (qcheck/pair.py builds the captures) and whether it needs the SAE;
+- `compare(fp, quant, context)`: a pure function of the two captures;
+- its thresholds (the claims its verdict judges, with units and defaults);
+- how its baseline values are judged on drift (`metrics`: direction and tolerance per key);
+- optionally the summary value the report's per-pair table shows (`headline`).
+No pytest here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol, get_args
+
+if TYPE_CHECKING:
+    from qcheck.capture import Capture
+    from qcheck.thresholds import Thresholds
+    from qcheck.verdict import Failure
+
+PromptSet = Literal["natural", "lens", "induction"]
+PROMPT_SETS: tuple[str, ...] = get_args(PromptSet)
+
+
+class Result(Protocol):
+    """What `compare` returns: a verdict, caveats and the values a baseline records."""
+
+    def failures(self, thresholds: "Thresholds") -> list["Failure"]: ...
+
+    def notes(self) -> list[str]: ...
+
+    def as_baseline(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an analysis may need besides the two captures."""
+
+    thresholds: "Thresholds"
+    sae: Any = None   # the FP model's frozen SAE basis, for analyses with needs_sae
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One claim of a verdict: its key (a criterion of qcheck/verdict.py), default, unit, and the
+    claim in words. A text setting (e.g. the induction rule) has `choices`."""
+
+    key: str
+    default: float | str
+    unit: str
+    claim: str
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """|new − old| <= abs + rel·|old|."""
+
+    rel: float
+    abs: float
+
+    def allows(self, old: float, new: float) -> bool:
+        return abs(new - old) <= self.abs + self.rel * abs(old)
+
+
+# CPU float32 runs are bit-identical on one machine, across thread counts and batch sizes
+# (docs/notes/ecosystem.md). Across machines (BLAS, SIMD width) a value moves by ~1e-6 relative,
+# up to ~1e-5 after a few layers and a mean over tokens; 1e-4 leaves a 10x margin, while a real
+# change (bits, group size, a GPTQ option) moves these metrics by 1e-2 or more. abs: near zero
+# (a KL of 1e-7 at 8 bits) relative noise means nothing. Not yet measured on a second machine.
+CLOSENESS = Tolerance(rel=1e-4, abs=1e-6)
+# Metrics of the FP − quant difference (L2, KL, JSD, loss increase) divide that noise by a small
+# difference: at 8 bits ‖fp − quant‖ is ~1e-3 of ‖fp‖, so ~1e-6 noise on each side becomes ~1e-3
+# of the metric. A real change still moves them by a factor, not a per mille.
+DIFFERENCE = Tolerance(rel=1e-3, abs=1e-6)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a baseline value is judged on drift: which way is better, how close is equal."""
+
+    higher_is_better: bool | None  # None: neither (FP-side values, what FP has, thresholds)
+    tolerance: Tolerance = CLOSENESS
+
+
+UP, DOWN, DOWN_DIFF = Metric(True), Metric(False), Metric(False, DIFFERENCE)
+NEUTRAL = Metric(None)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The summary value the report's per-pair table shows: as_baseline()["summary"][key]."""
+
+    key: str
+    column: str
+    digits: int = 3
+    scientific: bool = False
+
+
+@dataclass(frozen=True)
+class Analysis:
+    name: str
+    title: str                      # one line: the marker's help text
+    version: int                    # bump when a change alters what the numbers mean
+    prompt_set: PromptSet
+    compare: Callable[["Capture", "Capture", Context], Result]
+    thresholds: tuple[Threshold, ...]
+    # keyed by the last key of a value's path ("cosine" in "hook_resid_post.L3.cosine"); anything
+    # not listed has no direction and CLOSENESS; ints, bools, strings and lists of names always
+    # compare exactly (counts, survival, detected heads)
+    metrics: Mapping[str, Metric] = field(default_factory=dict)
+    headline: Headline | None = None
+    needs_sae: bool = False
+
+    def __post_init__(self) -> None:
+        if self.prompt_set not in PROMPT_SETS:
+            raise ValueError(f"analysis {self.name}: prompt set {self.prompt_set!r} is not one of {PROMPT_SETS}")
+
+    def metric(self, key: str) -> Metric:
+        return self.metrics.get(key, NEUTRAL)
