@@ -44,7 +44,7 @@ def fails_max(value: float | None, maximum: float) -> bool:
 def worst_first(items: Iterable[T], value: Callable[[T], float], *, high_is_bad: bool) -> list[T]:
     """Sort `items` worst first by `value`; NaN counts as worst of all."""
     def key(item: T) -> tuple[bool, float]:
-        v = value(item)
+        v = float(value(item))
         return (not math.isnan(v), -v if high_is_bad else v)
     return sorted(items, key=key)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Real
 from torch import Tensor
 
 
@@ -113,7 +113,7 @@ def group_index(d_in: int, group_size: int | None) -> Int[Tensor, "d_in"]:
     return torch.arange(d_in) // group_size
 
 
-def assemble(codes: Float[Tensor, "d_out d_in"], scales: Float[Tensor, "d_out n_groups"],
+def assemble(codes: Real[Tensor, "d_out d_in"], scales: Float[Tensor, "d_out n_groups"],
              zeros: Float[Tensor, "d_out n_groups"], g_idx: Int[Tensor, "d_in"],
              dtype: torch.dtype) -> QuantizedWeight:
     """Build a QuantizedWeight; the weight is recomputed from the codes so the two agree exactly."""

@@ -13,6 +13,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Sequence
 
 from qcheck.report.certificate import failed_lines
 from qcheck.report.merge import merge
@@ -32,7 +33,7 @@ def _now() -> str:
 class ReportRun:
     """The report's state in one pytest process; the plugin keeps one in config.stash."""
 
-    def __init__(self, *, directory: Path | None, worker: str | None, args: list[str], device: str) -> None:
+    def __init__(self, *, directory: Path | None, worker: str | None, args: Sequence[str], device: str) -> None:
         """worker: the xdist worker id in a worker, None in the controller (or a serial run)."""
         self.directory, self.worker, self.args, self.device = directory, worker, list(args), device
         self.started = _now()
