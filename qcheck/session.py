@@ -47,7 +47,8 @@ class QcheckSession:
     @classmethod
     def from_pytest_config(cls, config) -> "QcheckSession":
         """Validate every qcheck option once; raises ValueError naming the bad value."""
-        from qcheck.models.registry import ModelNotAvailable, resolve, zoo_names
+        from qcheck.models.errors import ModelNotAvailable
+        from qcheck.models.registry import resolve, zoo_names
         from qcheck.quantize.cache import default_cache_dir
         from qcheck.quantize.store import check_cache_dir
         from qcheck.quantize.checkpoint.options import validate_checkpoints

@@ -21,7 +21,7 @@ import json
 import math
 from pathlib import Path
 
-from qcheck.models.registry import ModelNotAvailable
+from qcheck.models.errors import ModelNotAvailable
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX = "model.safetensors.index.json"
