@@ -81,7 +81,7 @@ def _from_tensors(config: SAEConfig, tensors: dict[str, torch.Tensor]) -> SAE:
 def main(argv: list[str] | None = None) -> None:
     from qcheck.models.bridge import wrap
     from qcheck.models.load import load_model
-    from qcheck.quantize.cache import model_digest
+    from qcheck.models.digest import model_digest
 
     parser = argparse.ArgumentParser(description="Train and ship the SAE basis of zoo models.")
     parser.add_argument("names", nargs="+", metavar="NAME")

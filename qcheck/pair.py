@@ -50,7 +50,7 @@ def capture_prompt_set(bridge, model: LoadedModel, prompt_set: str) -> Capture:
 class Pair:
     case: Case
     model: LoadedModel
-    quantized: object                      # qcheck.quantize.cache.QuantizedModel
+    quantized: object                      # qcheck.quantize.result.QuantizedModel
     fp_bridge: object
     quant_bridge: object
     fp_capture: Callable[[str], Capture]   # the session's shared FP captures

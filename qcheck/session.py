@@ -134,7 +134,7 @@ class QcheckSession:
         return self._once(("fp_bridge", name), lambda: wrap(self.model(name).hf))
 
     def weight_digest(self, name: str) -> str:
-        from qcheck.quantize.cache import model_digest
+        from qcheck.models.digest import model_digest
 
         return self._once(("digest", name), lambda: model_digest(self.model(name).hf))
 

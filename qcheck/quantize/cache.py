@@ -15,51 +15,22 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from qcheck.data.calibration import Calibration, calibration_for, resolve_seq_len, token_digest
+from qcheck.models.digest import model_digest
 from qcheck.quantize.apply import QuantReport, block_linears, find_blocks, quantize_model
+from qcheck.quantize.result import QuantizedModel
 from qcheck.quantize.spec import QuantSpec
 from qcheck.quantize.store import FORMAT, Entry
-
-
-@dataclass(frozen=True)
-class QuantizedModel:
-    """A quantized deep copy of an HF model and where it came from.
-
-    calibration_source / calibration_digest are None for methods without calibration (RTN).
-    cache_note says why an existing entry was not used ("missing", "sha256 ... does not match"...).
-    """
-
-    model: nn.Module
-    spec: QuantSpec
-    weight_digest: str
-    calibration_source: str | None
-    calibration_digest: str | None
-    from_cache: bool
-    report: QuantReport
-    key: str
-    cache_note: str | None = None
 
 
 def default_cache_dir() -> Path:
     """$QCHECK_CACHE_DIR, else ~/.cache/qcheck."""
     return Path(os.environ.get("QCHECK_CACHE_DIR") or Path.home() / ".cache" / "qcheck").expanduser()
-
-
-def model_digest(hf_model: nn.Module) -> str:
-    """sha256 over the sorted state_dict: each name, shape and float32 (integers: int64) CPU bytes."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(hf_model.state_dict().items()):
-        t = tensor.detach().to("cpu")
-        t = t.to(torch.float32) if t.is_floating_point() else t.to(torch.int64)
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def cache_key(weight_digest: str, spec: QuantSpec, calibration_digest: str | None) -> str:

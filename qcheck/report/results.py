@@ -87,8 +87,6 @@ def seeds(spec) -> dict[str, int | None]:
 
 def entry_for_pair(pair, worker: str) -> dict:
     """What identifies a pair: model, quantizer, digests, calibration, seeds (and this build)."""
-    from qcheck.quantize.cache import model_digest
-
     quantized, model, cfg = pair.quantized, pair.model, getattr(pair.fp_bridge, "cfg", None)
     return jsonable({
         "id": pair.case.id,
@@ -98,7 +96,7 @@ def entry_for_pair(pair, worker: str) -> dict:
                   "weight_digest": quantized.weight_digest},
         "quant": {"name": pair.case.quant, "spec": str(quantized.spec),
                   "fields": dataclasses.asdict(quantized.spec),
-                  "weight_digest": model_digest(quantized.model), "cache_key": quantized.key,
+                  "weight_digest": quantized.quantized_digest, "cache_key": quantized.key,
                   "calibration": {"source": quantized.calibration_source,
                                   "digest": quantized.calibration_digest}},
         "seeds": seeds(quantized.spec),

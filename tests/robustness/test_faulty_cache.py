@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from qcheck.quantize import cache, store
-from qcheck.quantize.cache import load_or_quantize, model_digest
+from qcheck.models.digest import model_digest
+from qcheck.quantize.cache import load_or_quantize
 from qcheck.quantize.spec import parse_quant_spec
 from qcheck.quantize.store import Entry
 

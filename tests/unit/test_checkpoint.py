@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from qcheck.data.calibration import token_digest
 from qcheck.quantize.apply import block_linears, find_blocks, get_rows, quantize_model
-from qcheck.quantize.cache import model_digest
+from qcheck.models.digest import model_digest
 from qcheck.quantize.checkpoint import (CheckpointWarning, check_layout, check_tokenizer, checkpoint_name,
                                         export_checkpoint, load_checkpoint, open_checkpoint)
 from qcheck.quantize.checkpoint.format import layout_of

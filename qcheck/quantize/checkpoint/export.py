@@ -46,7 +46,8 @@ def export_checkpoint(hf_model: nn.Module, spec: QuantSpec, out_dir: str | Path,
     calibration / tokenizer / cache_dir: as for cache.load_or_quantize (GPTQ only).
     """
     from qcheck.data.calibration import Calibration, token_digest
-    from qcheck.quantize.cache import cached_calibration, default_cache_dir, model_digest
+    from qcheck.models.digest import model_digest
+    from qcheck.quantize.cache import cached_calibration, default_cache_dir
 
     if spec.method not in ("rtn", "gptq", "gptq-study"):
         raise ValueError(f"export_checkpoint: {spec} is not a quantizer qcheck runs; export rtn or gptq")

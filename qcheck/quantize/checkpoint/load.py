@@ -19,9 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from qcheck.quantize.apply import LayerReport, QuantReport, block_linears, find_blocks, get_rows, set_rows
-from qcheck.quantize.cache import QuantizedModel, model_digest
+from qcheck.models.digest import model_digest
 from qcheck.quantize.checkpoint.format import Checkpoint, check_layout, layout_of, open_checkpoint
 from qcheck.quantize.packing import PackedLinear, dequantize, unpack_linear
+from qcheck.quantize.result import QuantizedModel
 
 # Unquantized tensors must match the FP model to within bfloat16 rounding (2^-8 relative per
 # element, so at most that in Frobenius norm); another model's tensors differ by O(1).
