@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from qcheck.data.calibration import Calibration, calibration_for, resolve_seq_len, token_digest
 from qcheck.models.digest import model_digest
-from qcheck.quantize.apply import QuantReport, block_linears, find_blocks, quantize_model
+from qcheck.quantize.apply import QuantReport, quantize_model
+from qcheck.quantize.linears import named_block_linears
 from qcheck.quantize.result import QuantizedModel
 from qcheck.quantize.spec import QuantSpec
 from qcheck.quantize.store import FORMAT, Entry
@@ -104,9 +105,7 @@ def cached_calibration(hf_model: nn.Module, spec: QuantSpec, *, weight_digest: s
 def _block_weights(model: nn.Module) -> dict[str, Tensor]:
     """The weights of every block linear (detached, not copied), by state_dict name, in the
     module's own layout (Conv1D: [in, out])."""
-    path, blocks = find_blocks(model)
-    return {f"{path}.{l}.{name}.weight": module.weight.detach()
-            for l, block in enumerate(blocks) for name, module in block_linears(block).items()}
+    return {f"{name}.weight": module.weight.detach() for name, module in named_block_linears(model)}
 
 
 def _load_weights(hf_model: nn.Module, tensors: dict[str, Tensor]) -> nn.Module | None:

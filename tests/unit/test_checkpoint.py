@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qcheck.data.calibration import token_digest
-from qcheck.quantize.apply import block_linears, find_blocks, get_rows, quantize_model
+from qcheck.quantize.apply import quantize_model
+from qcheck.quantize.linears import get_rows, named_block_linears
 from qcheck.models.digest import model_digest
 from qcheck.quantize.checkpoint import (CheckpointWarning, check_layout, check_tokenizer, checkpoint_name,
                                         export_checkpoint, load_checkpoint, open_checkpoint)
@@ -29,8 +30,7 @@ def export(model, spec: str, directory: Path, calibration=None, **options) -> Pa
 
 
 def block_weights(model) -> dict[str, torch.Tensor]:
-    path, blocks = find_blocks(model)
-    return {f"{path}.{l}.{name}": get_rows(m) for l, b in enumerate(blocks) for name, m in block_linears(b).items()}
+    return {name: get_rows(m) for name, m in named_block_linears(model)}
 
 
 def edit_tensors(directory: Path, edit) -> None:

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from qcheck.quantize.apply import block_linears, find_blocks, quantize_model
+from qcheck.quantize.apply import quantize_model
 from qcheck.quantize.grid import QuantizedWeight
+from qcheck.quantize.linears import named_block_linears
 from qcheck.quantize.packing import SUPPORTED_BITS, ZERO_OFFSET, pack_linear
 from qcheck.quantize.spec import QuantSpec
 
@@ -92,8 +93,7 @@ def export_checkpoint(hf_model: nn.Module, spec: QuantSpec, out_dir: str | Path,
 
 def _unquantized(hf_model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
     """Every state-dict tensor but the block linears' weights; tied tensors (one storage) once."""
-    path, blocks = find_blocks(hf_model)
-    quantized = {f"{path}.{l}.{name}.weight" for l, block in enumerate(blocks) for name in block_linears(block)}
+    quantized = {f"{name}.weight" for name, _ in named_block_linears(hf_model)}
     out, storages = {}, set()
     for key, tensor in hf_model.state_dict().items():
         if key in quantized or tensor.untyped_storage().data_ptr() in storages:

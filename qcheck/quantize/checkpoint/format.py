@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qcheck.quantize.linears import get_rows, named_block_linears
 from qcheck.quantize.packing import SUPPORTED_BITS, WORD
 from qcheck.quantize.spec import GROUP_SIZES, QuantSpec
 
@@ -234,11 +235,7 @@ class Layout:
 
 def layout_of(hf_model: nn.Module, name: str) -> Layout:
     """The layout of an HF model; a model on the meta device works (no weights needed)."""
-    from qcheck.quantize.apply import block_linears, find_blocks, get_rows
-
-    path, blocks = find_blocks(hf_model)
-    linears = {f"{path}.{l}.{module_name}": tuple(reversed(get_rows(module).shape))
-               for l, block in enumerate(blocks) for module_name, module in block_linears(block).items()}
+    linears = {name: tuple(reversed(get_rows(module).shape)) for name, module in named_block_linears(hf_model)}
     return Layout(name=name, config=hf_model.config.to_dict(),
                   tensors={k: tuple(v.shape) for k, v in hf_model.state_dict().items()},
                   buffers=frozenset(n for n, _ in hf_model.named_buffers()), linears=linears)
