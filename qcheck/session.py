@@ -145,7 +145,7 @@ class QcheckSession:
                           lambda: capture_prompt_set(self.fp_bridge(name), self.model(name), prompt_set))
 
     def sae(self, name: str):
-        from qcheck.basis import sae_for
+        from qcheck.sae.basis import sae_for
 
         def build():
             model, bridge = self.model(name), self.fp_bridge(name)

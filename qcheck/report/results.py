@@ -76,7 +76,7 @@ def jsonable(value: Any) -> Any:
 def seeds(spec) -> dict[str, int | None]:
     """Every seed a pair's numbers depend on, read from where each is defined."""
     from qcheck.analyses.fidelity import compare_outputs
-    from qcheck.basis import SAE_SEED
+    from qcheck.sae.basis import SAE_SEED
     from qcheck.pair import INDUCTION_SEED
 
     return {"induction": INDUCTION_SEED, "sae": SAE_SEED,
