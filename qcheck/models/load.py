@@ -10,6 +10,7 @@ import torch
 
 from qcheck.models import checks
 from qcheck.models.context import CONTEXT_KEYS, context_of
+from qcheck.models.directory import pickled_files
 from qcheck.models.errors import ModelNotAvailable
 from qcheck.models.registry import ModelSpec, how_to_provide, hub_has_local_copy, hub_offline, resolve
 from qcheck.models.tokenizer import Tokenizer, tokenizer_for
@@ -56,7 +57,7 @@ def load_hf_model(spec: ModelSpec, *, device: str = "cpu"):
     if spec.kind != "hub":
         directory = Path(spec.location)
         checks.check_model_dir(directory)
-        pickled = checks.pickled_files(directory)
+        pickled = pickled_files(directory)
         if pickled:
             warnings.warn(f"{where}: ignoring {', '.join(pickled)} (pickled; qcheck loads only the "
                           f"safetensors weights and never unpickles a file)", UserWarning, stacklevel=2)

@@ -29,9 +29,7 @@ import dataclasses
 import inspect
 import json
 import math
-import os
 import platform
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -159,21 +157,6 @@ def results_document(*, run: dict, environment: dict, pairs: list[dict], tests: 
 def dumps(data: Any) -> str:
     """Stable JSON text (strict: no NaN), two-space indent, newline at the end."""
     return json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `path` whole or not at all: a temporary file in the same directory, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_results(path: Path) -> dict:

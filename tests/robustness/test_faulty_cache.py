@@ -118,7 +118,7 @@ def _in_child(target, *args) -> multiprocessing.Process:
 
 def _killed_while_writing(model, root, which: str) -> None:
     """Quantize and store, but die (SIGKILL: no cleanup runs) halfway through writing `which`."""
-    original = store._atomic_write
+    original = store.write_atomic
 
     def dying(path, data):
         if path.name.endswith(which):
@@ -129,7 +129,7 @@ def _killed_while_writing(model, root, which: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         original(path, data)
 
-    store._atomic_write = dying
+    store.write_atomic = dying
     load_or_quantize(model, SPEC, cache_dir=root)
 
 
