@@ -34,6 +34,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("QCHECK_CACHE_DIR") or Path.home() / ".cache" / "qcheck").expanduser()
 
 
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """`cache_dir` (user-expanded), else default_cache_dir()."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
 def cache_key(weight_digest: str, spec: QuantSpec, calibration_digest: str | None) -> str:
     parts = [f"format={FORMAT}", f"model={weight_digest}", f"spec={spec}", f"calibration={calibration_digest}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
@@ -52,16 +57,10 @@ def load_or_quantize(hf_model: nn.Module, spec: QuantSpec, *, calibration: Calib
     if not spec.needs_calibration and spec.method != "rtn":
         raise ValueError(f"load_or_quantize: {spec} names a checkpoint to load, not a quantizer to run; "
                          "use qcheck.quantize.checkpoint")
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     weight_digest = weight_digest or model_digest(hf_model)
-    if spec.needs_calibration:
-        if calibration is None:
-            calibration = cached_calibration(hf_model, spec, weight_digest=weight_digest, cache_dir=root,
-                                             tokenizer=tokenizer, lock_timeout=lock_timeout)
-        elif isinstance(calibration, Tensor):
-            calibration = Calibration(calibration, "tokens given by the caller", token_digest(calibration))
-    else:
-        calibration = None
+    calibration = resolve_calibration(hf_model, spec, calibration, weight_digest=weight_digest, cache_dir=root,
+                                      tokenizer=tokenizer, lock_timeout=lock_timeout)
     calibration_digest = calibration.digest if calibration is not None else None
     key = cache_key(weight_digest, spec, calibration_digest)
     entry = Entry(root, "quant", key)
@@ -82,6 +81,22 @@ def load_or_quantize(hf_model: nn.Module, spec: QuantSpec, *, calibration: Calib
                                             "calibration_source": common["calibration_source"],
                                             "report": report.to_dict(), "versions": _versions()})
     return QuantizedModel(model=model, from_cache=False, report=report, cache_note=note, **common)
+
+
+def resolve_calibration(hf_model: nn.Module, spec: QuantSpec, calibration: Calibration | Tensor | None, *,
+                        weight_digest: str, cache_dir: Path, tokenizer=None,
+                        lock_timeout: float = -1) -> Calibration | None:
+    """What `spec` is quantized with: None if it needs no calibration (RTN); else `calibration`
+    as given, a raw (n_samples, seq_len) token tensor wrapped as a Calibration, or for None the
+    one the spec names (cached_calibration)."""
+    if not spec.needs_calibration:
+        return None
+    if calibration is None:
+        return cached_calibration(hf_model, spec, weight_digest=weight_digest, cache_dir=cache_dir,
+                                  tokenizer=tokenizer, lock_timeout=lock_timeout)
+    if isinstance(calibration, Tensor):
+        return Calibration(calibration, "tokens given by the caller", token_digest(calibration))
+    return calibration
 
 
 def cached_calibration(hf_model: nn.Module, spec: QuantSpec, *, weight_digest: str, cache_dir: str | Path,
