@@ -1,12 +1,10 @@
 """Configuration: small frozen dataclasses, parsed once at the edge (command line, pyproject)
-and passed down explicitly. QuantSpec lives in qcheck.quantize.spec and is re-exported here."""
+and passed down explicitly. The quantizer's (QuantSpec) is qcheck/quantize/spec.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from typing import Any
-
-from qcheck.quantize.spec import QuantSpec, parse_quant_spec  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
