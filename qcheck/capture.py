@@ -41,11 +41,10 @@ class Capture:
 
     @property
     def n_layers(self) -> int:
-        return sum(name.endswith("hook_resid_post") for name in self.acts)
-
-    @property
-    def last_positions(self) -> Int[Tensor, "batch"]:
-        return self.mask.sum(dim=1) - 1
+        """Layers the capture covers: 1 + the highest `blocks.{layer}.` in `acts` (0 if none), so
+        a capture of attention patterns only counts its layers too."""
+        layers = [int(name.split(".")[1]) for name in self.acts if name.startswith("blocks.")]
+        return max(layers) + 1 if layers else 0
 
 
 def pad_prompts(prompts: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 # Below this norm a vector counts as zero: cosine with it is 0 (torch's convention), not NaN.
@@ -107,13 +107,6 @@ def topk_agreement(p_logits: Float[Tensor, "*rows d_vocab"], q_logits: Float[Ten
     top_q = q_logits.topk(k, dim=-1).indices
     shared = (top_p.unsqueeze(-1) == top_q.unsqueeze(-2)).any(dim=-1)  # (*rows, k)
     return shared.double().mean(dim=-1)
-
-
-def masked_mean(values: Float[Tensor, "batch pos"], mask: Bool[Tensor, "batch pos"]) -> float:
-    """Mean of `values` over the positions where `mask` is True (real tokens)."""
-    if not mask.any():
-        raise ValueError("mask selects no positions")
-    return float(values[mask].double().mean())
 
 
 @dataclass(frozen=True)

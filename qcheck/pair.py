@@ -60,7 +60,7 @@ class Case:
 class Pair:
     case: Case
     model: LoadedModel
-    quantized: object                      # qcheck.quantize.cache.QuantizedModel
+    quantized: object                      # qcheck.quantize.result.QuantizedModel
     fp_bridge: object
     quant_bridge: object
     fp_capture: Callable[[str], Capture]   # the session's shared FP captures

@@ -1,7 +1,7 @@
 """Analysis 3, learned features: do the FP model's SAE features still fire in the same places
 after quantization? (The study's `feature_analysis.py`.)
 
-The SAE (sae.py) is trained on FP residual-stream activations at layer n_layers // 2 and frozen;
+The SAE (qcheck/sae/) is trained on FP residual-stream activations at layer n_layers // 2 and frozen;
 FP and quantized activations at the same real token positions are encoded with it. The study's
 survival rule: take the top-20 features by FP mean activation; a feature survives if at least 8
 of its 10 highest-activating positions under FP are also among its 10 highest under quantization.
@@ -25,9 +25,10 @@ from torch import Tensor
 
 from qcheck import metrics
 from qcheck.analyses._common import check_same_inputs, fails_min, fmt, listing, worst_first
-from qcheck.analyses.sae import SAE
 from qcheck.capture import Capture
 from qcheck.analyses.base import Analysis, Context, Headline, Threshold, UP
+from qcheck.sae.basis import feature_layer
+from qcheck.sae.model import SAE
 from qcheck.verdict import Failure
 
 if TYPE_CHECKING:
@@ -41,22 +42,10 @@ MIN_SHARED = 8
 MIN_USEFUL_FVE = 0.5
 
 
-def feature_layer(n_layers: int) -> int:
-    """The study's layer for the SAE: the middle of the network (layer 6 of GPT-2's 12)."""
-    return n_layers // 2
-
-
 def feature_acts(capture: Capture) -> Float[Tensor, "n_tokens d_model"]:
     """resid_post at layer n_layers // 2 on the real tokens, row-major over (batch, pos)."""
     name = f"blocks.{feature_layer(capture.n_layers)}.hook_resid_post"
     return capture.acts[name][capture.mask]
-
-
-def sae_training_acts(capture: Capture) -> Float[Tensor, "n_distinct d_model"]:
-    """What the SAE is trained on: feature_acts of the FP capture, each distinct context once
-    (40 copies of the BOS residual would weigh one context 40 times)."""
-    acts = feature_acts(capture)
-    return acts[distinct_rows(acts)]
 
 
 def feature_key(feature: int) -> str:

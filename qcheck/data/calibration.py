@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from qcheck.models.context import context_of
+
 DEFAULT_MAX_SEQ_LEN = 128   # the default sequence length is the model's context, at most this
 SAMPLING_BATCH = 32         # fixed: the sampled tokens depend on it only through float rounding
 FIX = ("use the offline default (e.g. `--qcheck-quant gptq-w4`: calibration sampled from the model) "
@@ -49,19 +51,11 @@ def token_digest(tokens: Tensor) -> str:
     return h.hexdigest()
 
 
-def model_context(hf_model) -> int:
-    """The model's maximum sequence length from its config (GPT-2 n_positions, NeoX max_position_embeddings)."""
-    config = hf_model.config
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise CalibrationError(f"{type(hf_model).__name__}: the config names no context length; pass seq_len explicitly")
-
-
 def resolve_seq_len(hf_model, seq_len: int | None) -> int:
     """seq_len, or the default min(model context, 128); rejects lengths beyond the context."""
-    context = model_context(hf_model)
+    context = context_of(hf_model.config)
+    if context is None:
+        raise CalibrationError(f"{type(hf_model).__name__}: the config names no context length; pass seq_len explicitly")
     if seq_len is None:
         return min(context, DEFAULT_MAX_SEQ_LEN)
     if seq_len > context:

@@ -17,41 +17,29 @@ Every error names the directory or model and how to fix it.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from qcheck.models.registry import ModelNotAvailable
+from qcheck.files import read_json_object
+from qcheck.models.directory import indexed_shards, pickled_files
+from qcheck.models.errors import ModelNotAvailable
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-INDEX = "model.safetensors.index.json"
 SAVE_FIX = "write config and weights together with `model.save_pretrained(DIR)` (safetensors, the default)"
 
 
 def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a save_pretrained directory (the shards its index names, if any)."""
-    index = directory / INDEX
-    if index.is_file():
-        weight_map = json_object(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ModelNotAvailable(f"model directory {str(directory)!r}: {INDEX} has no weight_map; {SAVE_FIX}")
-        shards = sorted(set(weight_map.values()))
-        missing = [name for name in shards if not (directory / name).is_file()]
-        if missing:
-            raise ModelNotAvailable(f"model directory {str(directory)!r}: {INDEX} lists shard(s) that are "
-                                    f"missing: {', '.join(missing)}; copy the whole directory again")
-        return [directory / name for name in shards]
-    return sorted(directory.glob("*.safetensors"))
-
-
-def pickled_files(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    try:
+        shards = indexed_shards(directory)
+    except ValueError as error:
+        raise ModelNotAvailable(f"model directory {str(directory)!r}: {error}") from None
+    return shards if shards is not None else sorted(directory.glob("*.safetensors"))
 
 
 def check_model_dir(directory: Path) -> None:
     """Refuse a local model directory whose config or weight files cannot be what they claim."""
     where = f"model directory {str(directory)!r}"
-    config = json_object(directory / "config.json")
+    config = _json_object(directory / "config.json")
     if not isinstance(config.get("model_type"), str):
         raise ModelNotAvailable(f"{where}: config.json has no model_type; {SAVE_FIX}")
     check_no_remote_code(config, where)
@@ -141,15 +129,11 @@ def check_no_remote_code(config_dict: dict, where: str) -> None:
                                 f"(trust_remote_code stays off). Use an architecture transformers ships")
 
 
-def json_object(path: Path) -> dict:
+def _json_object(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ModelNotAvailable(f"{path}: not readable JSON ({error}); the file is truncated or corrupt: "
-                                f"{SAVE_FIX}") from None
-    if not isinstance(data, dict):
-        raise ModelNotAvailable(f"{path}: expected a JSON object, got {type(data).__name__}; {SAVE_FIX}")
-    return data
+        return read_json_object(path)
+    except ValueError as error:
+        raise ModelNotAvailable(f"{error}; {SAVE_FIX}") from None
 
 
 def _listing(items: list[str], limit: int = 3) -> str:

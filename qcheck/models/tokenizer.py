@@ -50,7 +50,7 @@ def hf_tokenizer(location: str, vocab_size: int, *, local_only: bool) -> Tokeniz
 def tokenizer_for(kind: str, location: str, vocab_size: int, *, local_only: bool) -> Tokenizer:
     """Zoo models read bytes; a local directory of a vocab-256 model without tokenizer files is
     byte-level too; everything else needs its HF tokenizer beside the weights."""
-    if kind == "zoo" or (kind == "local" and vocab_size == 256 and not _has_tokenizer_files(location)):
+    if kind == "zoo" or (kind == "local" and vocab_size == 256 and not has_tokenizer_files(location)):
         return byte_tokenizer()
     try:
         return hf_tokenizer(location, vocab_size, local_only=local_only)
@@ -59,6 +59,7 @@ def tokenizer_for(kind: str, location: str, vocab_size: int, *, local_only: bool
                           f"beside the weights with `tokenizer.save_pretrained(DIR)`") from None
 
 
-def _has_tokenizer_files(directory: str) -> bool:
+def has_tokenizer_files(directory: str) -> bool:
+    """Whether `directory` holds the files of an HF tokenizer (a checkpoint may ship one)."""
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
     return any((Path(directory) / name).is_file() for name in names)

@@ -2,8 +2,10 @@
 
 Kernels (pure functions of tensors, no I/O): `grid` (the quantization grids), `rtn`
 (round-to-nearest), `gptq` (Frantar et al. 2022) and `gptq_study` (the study's stale-inverse
-variant), `hessian` (collecting H = 2/n Σ x xᵀ). Application: `apply` (a quantized deep copy of an
-HF model, layer by layer), `cache` (the on-disk cache shared by xdist workers, built on `store`).
+variant), `hessian` (collecting H = 2/n Σ x xᵀ). Application: `linears` (which weights, read and
+written in the (d_out, d_in) layout), `apply` (a quantized deep copy of an HF model, layer by
+layer), `cache` (the on-disk cache shared by xdist workers, built on `store`), `result` (the
+QuantizedModel they and `checkpoint` return).
 The spec that names a quantizer is `spec.QuantSpec`, written `rtn-w4`, `gptq-w4-g128-act`, ...
 
 Nothing heavy is imported here: import the submodule you need.

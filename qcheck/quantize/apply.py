@@ -1,9 +1,6 @@
 """Apply a QuantSpec to an HF model: a quantized deep copy, block by block.
 
-Which weights: every linear map inside the transformer blocks (GPT-2: attn.c_attn, attn.c_proj,
-mlp.c_fc, mlp.c_proj, transformers' Conv1D; GPT-NeoX: attention.query_key_value,
-attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h, nn.Linear), found generically as every
-nn.Linear / Conv1D in the block list. Never embeddings, unembedding, norms or biases (the study).
+Which weights: every linear map inside the transformer blocks (linears.py).
 
 GPTQ runs layer by layer (Frantar et al. 2022, 4 "Setup"; reference opt.py `opt_sequential`):
 the inputs of block 0 are captured once per calibration batch (with the keyword arguments the
@@ -16,7 +13,6 @@ quantized in execution order, one input-sharing group at a time ((qkv), (attn ou
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -25,8 +21,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from qcheck.quantize.grid import GridSpec, QuantizedWeight, assemble
+from qcheck.quantize.grid import GridSpec, QuantizedWeight, on_float32_grid
 from qcheck.quantize.hessian import HessianAccumulator
+from qcheck.quantize.linears import block_linears, find_blocks, get_rows, named_block_linears, set_rows
 from qcheck.quantize.spec import QuantSpec
 
 BATCH_SIZE = 16  # calibration sequences per forward
@@ -65,47 +62,6 @@ class QuantReport:
     def from_dict(cls, data: dict) -> "QuantReport":
         return cls(spec=data["spec"], layers=[LayerReport(**layer) for layer in data["layers"]],
                    seconds=data["seconds"])
-
-
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The transformer block list and its path: GPT-2 `transformer.h`, GPT-NeoX `gpt_neox.layers`,
-    LLaMA-like `model.layers`; otherwise the one ModuleList of config.num_hidden_layers blocks."""
-    for path in ("transformer.h", "gpt_neox.layers", "model.layers"):
-        try:
-            blocks = model.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(blocks, nn.ModuleList):
-            return path, blocks
-    n_layers = getattr(model.config, "num_hidden_layers", None)
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
-    if len(found) != 1:
-        raise ValueError(f"{type(model).__name__}: cannot find its transformer blocks (expected one "
-                         f"ModuleList of {n_layers} layers, found {[n for n, _ in found]}); add its path to find_blocks")
-    return found[0]
-
-
-def block_linears(block: nn.Module) -> dict[str, nn.Module]:
-    """Every nn.Linear / transformers Conv1D in `block`, by name relative to it, in module order."""
-    from transformers.pytorch_utils import Conv1D
-
-    return {name: m for name, m in block.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
-
-
-def get_rows(module: nn.Module) -> Float[Tensor, "d_out d_in"]:
-    """The weight with one row per output: Conv1D stores [in, out], so it is transposed."""
-    return module.weight.detach().T if _is_conv1d(module) else module.weight.detach()
-
-
-def set_rows(module: nn.Module, rows: Float[Tensor, "d_out d_in"]) -> None:
-    with torch.no_grad():
-        module.weight.copy_(rows.T if _is_conv1d(module) else rows)
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
-    return isinstance(module, Conv1D)
 
 
 def solver_dtype(device: torch.device) -> torch.dtype:
@@ -154,13 +110,12 @@ def quantize_model(hf_model: nn.Module, spec: QuantSpec,
         raise ValueError(f"quantize_model: {spec} is not a quantizer; checkpoints are loaded, not computed")
     start = time.perf_counter()
     model = copy.deepcopy(hf_model).eval()
-    path, blocks = find_blocks(model)
     layers: list[LayerReport] = []
     if not spec.needs_calibration:
-        for l, block in enumerate(blocks):
-            for name, module in block_linears(block).items():
-                layers.append(_quantize_linear(f"{path}.{l}.{name}", module, None, spec, on_layer))
+        for name, module in named_block_linears(model):
+            layers.append(_quantize_linear(name, module, None, spec, on_layer))
         return model, QuantReport(str(spec), layers, time.perf_counter() - start)
+    path, blocks = find_blocks(model)
     inputs = capture_block_inputs(model, blocks, calibration_tokens, batch_size)
     for l, block in enumerate(blocks):
         linears = block_linears(block)
@@ -191,17 +146,7 @@ def _quantize_linear(name: str, module: nn.Module, hessian: Tensor | None, spec:
     if not torch.isfinite(q.weight).all():  # a kernel bug must never reach a certificate
         raise RuntimeError(f"{spec}: {name}: the quantized weight holds NaN/Inf although the FP weight "
                            f"is finite; this is a bug in qcheck's quantizer, please report it")
-    if q.scales.dtype != torch.float32:
-        # Solved in float64; the grid itself is float32, as in checkpoints: round the scales and
-        # rebuild the weight from the codes, so an exported float32 checkpoint is this exactly.
-        scales, zeros, codes = q.scales.float(), q.zeros.float(), q.codes
-        underflow = scales == 0  # a denormal-range group: its float64 scale is below float32's range
-        if underflow.any():  # as grid._nonzero does in float32: scale 1, codes at the zero, weight 0
-            scales = torch.where(underflow, torch.ones_like(scales), scales)
-            codes = torch.where(underflow[:, q.g_idx], zeros[:, q.g_idx].long(), codes)
-        rebuilt = assemble(codes, scales, zeros, q.g_idx, torch.float32)
-        q = dataclasses.replace(q, weight=rebuilt.weight, codes=rebuilt.codes, scales=rebuilt.scales,
-                                zeros=rebuilt.zeros)
+    q = on_float32_grid(q)  # solved in float64: the grid itself is float32, as in checkpoints
     if on_layer is not None:
         on_layer(name, q)
     set_rows(module, q.weight.to(module.weight.dtype))

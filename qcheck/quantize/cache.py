@@ -15,35 +15,18 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from qcheck.data.calibration import Calibration, calibration_for, resolve_seq_len, token_digest
-from qcheck.quantize.apply import QuantReport, block_linears, find_blocks, quantize_model
+from qcheck.models.digest import model_digest
+from qcheck.quantize.apply import QuantReport, quantize_model
+from qcheck.quantize.linears import named_block_linears
+from qcheck.quantize.result import QuantizedModel
 from qcheck.quantize.spec import QuantSpec
 from qcheck.quantize.store import FORMAT, Entry
-
-
-@dataclass(frozen=True)
-class QuantizedModel:
-    """A quantized deep copy of an HF model and where it came from.
-
-    calibration_source / calibration_digest are None for methods without calibration (RTN).
-    cache_note says why an existing entry was not used ("missing", "sha256 ... does not match"...).
-    """
-
-    model: nn.Module
-    spec: QuantSpec
-    weight_digest: str
-    calibration_source: str | None
-    calibration_digest: str | None
-    from_cache: bool
-    report: QuantReport
-    key: str
-    cache_note: str | None = None
 
 
 def default_cache_dir() -> Path:
@@ -51,15 +34,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("QCHECK_CACHE_DIR") or Path.home() / ".cache" / "qcheck").expanduser()
 
 
-def model_digest(hf_model: nn.Module) -> str:
-    """sha256 over the sorted state_dict: each name, shape and float32 (integers: int64) CPU bytes."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(hf_model.state_dict().items()):
-        t = tensor.detach().to("cpu")
-        t = t.to(torch.float32) if t.is_floating_point() else t.to(torch.int64)
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """`cache_dir` (user-expanded), else default_cache_dir()."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
 def cache_key(weight_digest: str, spec: QuantSpec, calibration_digest: str | None) -> str:
@@ -80,16 +57,10 @@ def load_or_quantize(hf_model: nn.Module, spec: QuantSpec, *, calibration: Calib
     if not spec.needs_calibration and spec.method != "rtn":
         raise ValueError(f"load_or_quantize: {spec} names a checkpoint to load, not a quantizer to run; "
                          "use qcheck.quantize.checkpoint")
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     weight_digest = weight_digest or model_digest(hf_model)
-    if spec.needs_calibration:
-        if calibration is None:
-            calibration = cached_calibration(hf_model, spec, weight_digest=weight_digest, cache_dir=root,
-                                             tokenizer=tokenizer, lock_timeout=lock_timeout)
-        elif isinstance(calibration, Tensor):
-            calibration = Calibration(calibration, "tokens given by the caller", token_digest(calibration))
-    else:
-        calibration = None
+    calibration = resolve_calibration(hf_model, spec, calibration, weight_digest=weight_digest, cache_dir=root,
+                                      tokenizer=tokenizer, lock_timeout=lock_timeout)
     calibration_digest = calibration.digest if calibration is not None else None
     key = cache_key(weight_digest, spec, calibration_digest)
     entry = Entry(root, "quant", key)
@@ -110,6 +81,22 @@ def load_or_quantize(hf_model: nn.Module, spec: QuantSpec, *, calibration: Calib
                                             "calibration_source": common["calibration_source"],
                                             "report": report.to_dict(), "versions": _versions()})
     return QuantizedModel(model=model, from_cache=False, report=report, cache_note=note, **common)
+
+
+def resolve_calibration(hf_model: nn.Module, spec: QuantSpec, calibration: Calibration | Tensor | None, *,
+                        weight_digest: str, cache_dir: Path, tokenizer=None,
+                        lock_timeout: float = -1) -> Calibration | None:
+    """What `spec` is quantized with: None if it needs no calibration (RTN); else `calibration`
+    as given, a raw (n_samples, seq_len) token tensor wrapped as a Calibration, or for None the
+    one the spec names (cached_calibration)."""
+    if not spec.needs_calibration:
+        return None
+    if calibration is None:
+        return cached_calibration(hf_model, spec, weight_digest=weight_digest, cache_dir=cache_dir,
+                                  tokenizer=tokenizer, lock_timeout=lock_timeout)
+    if isinstance(calibration, Tensor):
+        return Calibration(calibration, "tokens given by the caller", token_digest(calibration))
+    return calibration
 
 
 def cached_calibration(hf_model: nn.Module, spec: QuantSpec, *, weight_digest: str, cache_dir: str | Path,
@@ -133,9 +120,7 @@ def cached_calibration(hf_model: nn.Module, spec: QuantSpec, *, weight_digest: s
 def _block_weights(model: nn.Module) -> dict[str, Tensor]:
     """The weights of every block linear (detached, not copied), by state_dict name, in the
     module's own layout (Conv1D: [in, out])."""
-    path, blocks = find_blocks(model)
-    return {f"{path}.{l}.{name}.weight": module.weight.detach()
-            for l, block in enumerate(blocks) for name, module in block_linears(block).items()}
+    return {f"{name}.weight": module.weight.detach() for name, module in named_block_linears(model)}
 
 
 def _load_weights(hf_model: nn.Module, tensors: dict[str, Tensor]) -> nn.Module | None:

@@ -17,6 +17,7 @@ Dimension names: weight is (d_out, d_in), the nn.Linear layout; a grid has one s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -122,3 +123,23 @@ def assemble(codes: Real[Tensor, "d_out d_in"], scales: Float[Tensor, "d_out n_g
     else:
         weight = (scales[:, g_idx] * (codes - zeros[:, g_idx])).to(dtype)
     return QuantizedWeight(weight=weight, codes=codes.long(), scales=scales, zeros=zeros, g_idx=g_idx)
+
+
+def on_float32_grid(q: QuantizedWeight) -> QuantizedWeight:
+    """`q` with its scales rounded to float32 and the weight rebuilt from the same codes, so a
+    float32 checkpoint of it is it exactly; `q` itself if its scales are float32 already.
+
+    A group whose float64 scale is below float32's range (a denormal-range group) gets what
+    `_nonzero` gives in float32: scale 1, codes at the zero point, weight 0. Other fields of a
+    QuantizedWeight subclass (GPTQResult's damp, ...) are kept.
+    """
+    if q.scales.dtype == torch.float32:
+        return q
+    scales, zeros, codes = q.scales.float(), q.zeros.float(), q.codes
+    underflow = scales == 0
+    if underflow.any():
+        scales = torch.where(underflow, torch.ones_like(scales), scales)
+        codes = torch.where(underflow[:, q.g_idx], zeros[:, q.g_idx].long(), codes)
+    rebuilt = assemble(codes, scales, zeros, q.g_idx, torch.float32)
+    return dataclasses.replace(q, weight=rebuilt.weight, codes=rebuilt.codes, scales=rebuilt.scales,
+                               zeros=rebuilt.zeros)

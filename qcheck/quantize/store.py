@@ -17,13 +17,12 @@ import errno
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from qcheck.files import directory_problem
-from typing import TYPE_CHECKING
+from qcheck.files import directory_problem, write_atomic
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -91,15 +90,15 @@ class Entry:
         from safetensors.torch import save
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob(f"{self.key}.*.tmp-*"):
+        for stale in self.dir.glob(f"{self.key}.*.tmp-*"):  # write_atomic's temporary files
             stale.unlink(missing_ok=True)
         data = save({name: t.detach().cpu().contiguous() for name, t in tensors.items()})
         meta = {**meta, "format": FORMAT, "key": self.key, "sha256": hashlib.sha256(data).hexdigest()}
         try:
-            _atomic_write(self.tensors_path, data)
-            _atomic_write(self.meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
+            write_atomic(self.tensors_path, data)
+            write_atomic(self.meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
         except OSError as error:
-            # Nothing half-written stays under a final name (_atomic_write), so the next run
+            # Nothing half-written stays under a final name (write_atomic), so the next run
             # recomputes this entry; say where and what, once, instead of a raw traceback.
             what = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
             raise CacheWriteError(
@@ -107,19 +106,6 @@ class Entry:
                 f"Free space there, or point --qcheck-cache (or QCHECK_CACHE_DIR) at another "
                 f"directory; nothing partial was left") from None
         _fsync_dir(self.dir)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    # KEY.<ext>.tmp-PID-RANDOM: unique per writer, and matched by Entry.write's stale-file glob.
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:

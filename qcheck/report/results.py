@@ -28,9 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import platform
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -75,7 +73,7 @@ def jsonable(value: Any) -> Any:
 def seeds(spec) -> dict[str, int | None]:
     """Every seed a pair's numbers depend on, read from where each is defined."""
     from qcheck.analyses.fidelity import BOOTSTRAP_SEED
-    from qcheck.basis import SAE_SEED
+    from qcheck.sae.basis import SAE_SEED
     from qcheck.data.induction import INDUCTION_SEED
 
     return {"induction": INDUCTION_SEED, "sae": SAE_SEED,
@@ -85,8 +83,6 @@ def seeds(spec) -> dict[str, int | None]:
 
 def entry_for_pair(pair, worker: str) -> dict:
     """What identifies a pair: model, quantizer, digests, calibration, seeds (and this build)."""
-    from qcheck.quantize.cache import model_digest
-
     quantized, model, cfg = pair.quantized, pair.model, getattr(pair.fp_bridge, "cfg", None)
     return jsonable({
         "id": pair.case.id,
@@ -96,7 +92,7 @@ def entry_for_pair(pair, worker: str) -> dict:
                   "weight_digest": quantized.weight_digest},
         "quant": {"name": pair.case.quant, "spec": str(quantized.spec),
                   "fields": dataclasses.asdict(quantized.spec),
-                  "weight_digest": model_digest(quantized.model), "cache_key": quantized.key,
+                  "weight_digest": quantized.quantized_digest, "cache_key": quantized.key,
                   "calibration": {"source": quantized.calibration_source,
                                   "digest": quantized.calibration_digest}},
         "seeds": seeds(quantized.spec),
@@ -159,21 +155,6 @@ def results_document(*, run: dict, environment: dict, pairs: list[dict], tests: 
 def dumps(data: Any) -> str:
     """Stable JSON text (strict: no NaN), two-space indent, newline at the end."""
     return json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `path` whole or not at all: a temporary file in the same directory, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_results(path: Path) -> dict:

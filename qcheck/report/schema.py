@@ -39,7 +39,7 @@ PAIR = _obj("One (model, quantizer) case: exactly what was certified.", {
         "name": _STR, "kind": {"enum": ["zoo", "local", "hub"]}, "location": _STR,
         "n_params": {**_INT, "description": "parameters of the FP HF module"},
         "n_layers": _opt(_INT), "n_heads": _opt(_INT), "d_model": _opt(_INT),
-        "weight_digest": {**_STR, "description": "sha256 over the FP state_dict (quantize/cache.py model_digest)"}}),
+        "weight_digest": {**_STR, "description": "sha256 over the FP state_dict (models/digest.py model_digest)"}}),
     "quant": _obj("The quantizer and the quantized weights.", {
         "name": {**_STR, "description": "the quantizer as in test ids: a QuantSpec short form, or "
                                         "checkpoint:<folder> for --qcheck-checkpoint"},

@@ -21,14 +21,13 @@ import json
 import re
 from pathlib import Path
 
-from qcheck.files import directory_problem
-
 from filelock import FileLock
 
+from qcheck.files import directory_problem, write_atomic
 from qcheck.report import certificate as certificates_
 from qcheck.report import table
 from qcheck.report.html import render_index
-from qcheck.report.results import dumps, write_atomic
+from qcheck.report.results import dumps
 from qcheck.report.schema import SCHEMA_ID
 
 RESULTS = "results.json"
@@ -134,8 +133,8 @@ def write_report(results: dict, directory: Path) -> list[str]:
         files = render(results)
         results["run"]["files"] = sorted([*files, RESULTS])
         for path, data in files.items():
-            write_atomic(directory / path, data)
-        write_atomic(directory / RESULTS, dumps(results))
+            write_atomic(directory / path, data.encode() if isinstance(data, str) else data)
+        write_atomic(directory / RESULTS, dumps(results).encode())
         if old is not None:
             _remove_stale(directory, set(old.get("run", {}).get("files", [])) - set(results["run"]["files"]))
     return results["run"]["files"]

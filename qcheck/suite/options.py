@@ -64,7 +64,8 @@ def cuda_unavailable_reason() -> str | None:
 def check_calibration_lengths(quants: list[str], models: list[str]) -> None:
     """A `-lenN` longer than a model's context is one usage error naming both, at collection
     (rather than an error in every test of the pair once the model is loaded)."""
-    from qcheck.models.registry import context_length, resolve
+    from qcheck.models.context import context_length
+    from qcheck.models.registry import resolve
     from qcheck.quantize.spec import parse_quant_spec
 
     for text in quants:

@@ -47,7 +47,8 @@ class QcheckSession:
     @classmethod
     def from_pytest_config(cls, config) -> "QcheckSession":
         """Validate every qcheck option once; raises ValueError naming the bad value."""
-        from qcheck.models.registry import ModelNotAvailable, resolve, zoo_names
+        from qcheck.models.errors import ModelNotAvailable
+        from qcheck.models.registry import resolve, zoo_names
         from qcheck.quantize.cache import default_cache_dir
         from qcheck.quantize.store import check_cache_dir
         from qcheck.suite.checkpoint_options import validate_checkpoints
@@ -132,7 +133,7 @@ class QcheckSession:
         return self._once(("fp_bridge", name), lambda: wrap(self.model(name).hf))
 
     def weight_digest(self, name: str) -> str:
-        from qcheck.quantize.cache import model_digest
+        from qcheck.models.digest import model_digest
 
         return self._once(("digest", name), lambda: model_digest(self.model(name).hf))
 
@@ -143,7 +144,7 @@ class QcheckSession:
                           lambda: capture_prompt_set(self.fp_bridge(name), self.model(name), prompt_set))
 
     def sae(self, name: str):
-        from qcheck.basis import sae_for
+        from qcheck.sae.basis import sae_for
 
         def build():
             model, bridge = self.model(name), self.fp_bridge(name)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from qcheck.models.load import load_model
-from qcheck.models.registry import ModelNotAvailable, zoo_names
+from qcheck.models.errors import ModelNotAvailable
+from qcheck.models.registry import zoo_names
 from qcheck.quantize.apply import quantize_model
 from qcheck.quantize.spec import parse_quant_spec
 

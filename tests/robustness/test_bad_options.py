@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from qcheck.data.calibration import CalibrationError, calibration_for
-from qcheck.models.registry import context_length, resolve, zoo_names
+from qcheck.models.context import context_length
+from qcheck.models.registry import resolve, zoo_names
 from qcheck.quantize.spec import GRAMMAR, parse_quant_spec
 
 MALFORMED = {

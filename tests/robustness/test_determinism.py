@@ -22,7 +22,6 @@ from qcheck.pair import Case
 from qcheck.models.registry import ZOO_DIR, zoo_names
 from qcheck.suite.options import ThresholdOverrides
 from qcheck.pair import INDUCTION_HALF
-from qcheck.quantize.cache import model_digest
 from qcheck.quantize.spec import parse_quant_spec
 from qcheck.report.results import seeds
 from qcheck.suite.session import QcheckSession
@@ -43,7 +42,7 @@ def certify(cache_dir: Path) -> dict:
     pair = session.pair(Case(smallest_zoo_model(), QUANT))
     return {
         "from_cache": pair.quantized.from_cache,
-        "quantized_weights": model_digest(pair.quantized.model),
+        "quantized_weights": pair.quantized.quantized_digest,
         "calibration": pair.quantized.calibration_digest,
         "activations": compare_activations(*pair.captures("natural")).as_baseline(),
         "attention": compare_attention(*pair.captures("natural")).as_baseline(),

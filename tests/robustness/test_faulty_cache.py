@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from qcheck.quantize import cache, store
-from qcheck.quantize.cache import load_or_quantize, model_digest
+from qcheck.models.digest import model_digest
+from qcheck.quantize.cache import load_or_quantize
 from qcheck.quantize.spec import parse_quant_spec
 from qcheck.quantize.store import Entry
 
@@ -117,7 +118,7 @@ def _in_child(target, *args) -> multiprocessing.Process:
 
 def _killed_while_writing(model, root, which: str) -> None:
     """Quantize and store, but die (SIGKILL: no cleanup runs) halfway through writing `which`."""
-    original = store._atomic_write
+    original = store.write_atomic
 
     def dying(path, data):
         if path.name.endswith(which):
@@ -128,7 +129,7 @@ def _killed_while_writing(model, root, which: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         original(path, data)
 
-    store._atomic_write = dying
+    store.write_atomic = dying
     load_or_quantize(model, SPEC, cache_dir=root)
 
 

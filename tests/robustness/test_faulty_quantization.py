@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from qcheck.quantize import apply
-from qcheck.quantize.apply import block_linears, find_blocks, get_rows, quantize_model, set_rows
+from qcheck.quantize.apply import quantize_model
+from qcheck.quantize.linears import get_rows, named_block_linears, set_rows
 from qcheck.quantize.grid import GridSpec
 from qcheck.quantize.rtn import rtn
 from qcheck.quantize.spec import parse_quant_spec
@@ -21,8 +22,7 @@ from tests.conftest import build_tiny
 
 
 def linears(model) -> dict[str, torch.nn.Module]:
-    path, blocks = find_blocks(model)
-    return {f"{path}.{l}.{name}": m for l, block in enumerate(blocks) for name, m in block_linears(block).items()}
+    return dict(named_block_linears(model))
 
 
 def finite_logits(model, tokens) -> bool:

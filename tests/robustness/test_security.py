@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from qcheck.models.load import load_model
-from qcheck.models.registry import ModelNotAvailable
+from qcheck.models.errors import ModelNotAvailable
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*(ROOT / "qcheck").rglob("*.py"), *(ROOT / "bench").rglob("*.py")])

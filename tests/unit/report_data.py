@@ -18,6 +18,7 @@ from qcheck.analyses.fidelity import FidelityResult
 from qcheck.analyses.logit_lens import LogitLensResult
 from qcheck.metrics import Interval
 from qcheck.pair import Case
+from qcheck.models.digest import model_digest
 from qcheck.quantize.spec import parse_quant_spec
 from qcheck.report.merge import merge
 from qcheck.report.results import entry_for_pair, entry_for_test, environment
@@ -82,7 +83,8 @@ def fake_pair(case: Case, n_layers: int, worker_seed: int = 0):
         model=SimpleNamespace(spec=SimpleNamespace(name=case.model, kind="zoo", location=f"/zoo/{case.model}"),
                               n_params=10_000 * n_layers ** 3),
         quantized=SimpleNamespace(spec=parse_quant_spec(case.quant), weight_digest=f"fp-{case.model}",
-                                  model=module, key=f"key-{case.id}", from_cache=bool(worker_seed),
+                                  model=module, quantized_digest=model_digest(module), key=f"key-{case.id}",
+                                  from_cache=bool(worker_seed),
                                   calibration_source="sampled n=128" if calibrated else None,
                                   calibration_digest="c0ffee" if calibrated else None,
                                   report=SimpleNamespace(seconds=1.5 + worker_seed)))

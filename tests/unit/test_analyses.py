@@ -13,7 +13,7 @@ import torch
 from qcheck.analyses import activations, attention, circuits, features, fidelity, logit_lens
 from qcheck.analyses._common import listing
 from qcheck.analyses.heads import induction_scores, previous_token_scores
-from qcheck.analyses.sae import SAE, SAEConfig
+from qcheck.sae.model import SAE, SAEConfig
 from qcheck.capture import Capture
 from qcheck.thresholds import Thresholds
 from qcheck.data.induction import repeated_random_tokens
@@ -301,10 +301,6 @@ def test_feature_acts_reads_the_middle_layer_on_real_tokens():
     got = features.feature_acts(fp)
     assert torch.equal(got, fp.acts[f"blocks.{N_LAYERS // 2}.hook_resid_post"][fp.mask])
     assert got.shape == (sum(LENGTHS), D_MODEL)
-    bos = fp.acts[f"blocks.{N_LAYERS // 2}.hook_resid_post"].clone()
-    bos[:, 0] = 1.0  # every prompt's first position shares one residual, as BOS does
-    training = features.sae_training_acts(with_acts(fp, **{f"blocks__{N_LAYERS // 2}__hook_resid_post": bos}))
-    assert training.shape == (sum(LENGTHS) - len(LENGTHS) + 1, D_MODEL)
 
 
 def test_bad_sae_is_noted():

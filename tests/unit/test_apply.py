@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from qcheck.quantize import apply
-from qcheck.quantize.apply import (block_linears, capture_block_inputs, find_blocks, get_rows, input_groups,
-                                   quantize_model)
+from qcheck.quantize.apply import capture_block_inputs, input_groups, quantize_model
 from qcheck.quantize.grid import GridSpec
 from qcheck.quantize.hessian import hessian
+from qcheck.quantize.linears import block_linears, find_blocks, get_rows, named_block_linears
 from qcheck.quantize.rtn import rtn
 from qcheck.quantize.spec import parse_quant_spec
 
@@ -22,8 +22,7 @@ GROUPS = {"transformer.h": [["attn.c_attn"], ["attn.c_proj"], ["mlp.c_fc"], ["ml
 
 
 def _linear_weight_names(model) -> set[str]:
-    path, blocks = find_blocks(model)
-    return {f"{path}.{l}.{name}.weight" for l, block in enumerate(blocks) for name in block_linears(block)}
+    return {f"{name}.weight" for name, _ in named_block_linears(model)}
 
 
 @pytest.mark.parametrize("quant", ["rtn-w4", "gptq-w4", "gptq-w3-g16-act", "gptq-study-w4"])
@@ -102,8 +101,7 @@ def _recorded_hessians(monkeypatch) -> list[torch.Tensor]:
 
 def _input_hessians(model, tokens) -> list[torch.Tensor]:
     """H of every block linear's inputs when `model` runs on `tokens`, in report order."""
-    path, blocks = find_blocks(model)
-    linears = [m for block in blocks for m in block_linears(block).values()]
+    linears = [m for _, m in named_block_linears(model)]
     inputs: dict[int, list] = {id(m): [] for m in linears}
     handles = [m.register_forward_pre_hook(lambda m, args: inputs[id(m)].append(args[0])) for m in linears]
     with torch.no_grad():

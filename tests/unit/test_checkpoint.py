@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qcheck.data.calibration import token_digest
-from qcheck.quantize.apply import block_linears, find_blocks, get_rows, quantize_model
-from qcheck.quantize.cache import model_digest
+from qcheck.quantize.apply import quantize_model
+from qcheck.quantize.linears import get_rows, named_block_linears
+from qcheck.models.digest import model_digest
 from qcheck.quantize.checkpoint import (CheckpointWarning, check_layout, check_tokenizer, checkpoint_name,
                                         export_checkpoint, load_checkpoint, open_checkpoint)
 from qcheck.quantize.checkpoint.format import layout_of
@@ -29,8 +30,7 @@ def export(model, spec: str, directory: Path, calibration=None, **options) -> Pa
 
 
 def block_weights(model) -> dict[str, torch.Tensor]:
-    path, blocks = find_blocks(model)
-    return {f"{path}.{l}.{name}": get_rows(m) for l, b in enumerate(blocks) for name, m in block_linears(b).items()}
+    return {name: get_rows(m) for name, m in named_block_linears(model)}
 
 
 def edit_tensors(directory: Path, edit) -> None:
@@ -262,12 +262,22 @@ def test_export_refusals(tiny_gpt2_lm, ckpt, tmp_path):
     assert not (tmp_path / "v1").exists()                   # nothing half-written
 
 
-def test_layout_is_checked_from_headers_alone(ckpt):
+def test_layout_is_checked_from_headers_alone(tiny_gpt2_lm, ckpt):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    with torch.device("meta"):  # what --qcheck-checkpoint checks at configure time: no weights
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(ckpt))
-    check_layout(open_checkpoint(ckpt), layout_of(skeleton, "tiny"))
+    def skeleton(**changes):  # what --qcheck-checkpoint checks at configure time: no weights
+        config = AutoConfig.from_pretrained(ckpt)
+        for key, value in changes.items():
+            setattr(config, key, value)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+
+    layout, real = layout_of(skeleton(), "tiny"), layout_of(tiny_gpt2_lm, "tiny")
+    assert (layout.linears, layout.tensors) == (real.linears, real.tensors)
+    check_layout(open_checkpoint(ckpt), layout)
+    wider = layout_of(skeleton(n_embd=2 * tiny_gpt2_lm.config.n_embd), "wider")
+    with pytest.raises(ValueError, match="config.json describes another shape than the FP model wider"):
+        check_layout(open_checkpoint(ckpt), wider)
 
 
 def test_checkpoint_name_is_the_sanitized_folder_name(tmp_path):

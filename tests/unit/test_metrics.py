@@ -135,14 +135,6 @@ def test_topk_agreement_hand_values():
     assert metrics.topk_agreement(p, p, 3).tolist() == [1.0]
 
 
-def test_masked_mean_ignores_padding():
-    values = torch.tensor([[1.0, 2.0, 100.0], [3.0, 100.0, 100.0]])
-    mask = torch.tensor([[True, True, False], [True, False, False]])
-    assert metrics.masked_mean(values, mask) == pytest.approx(2.0)
-    with pytest.raises(ValueError):
-        metrics.masked_mean(values, torch.zeros_like(mask))
-
-
 # bootstrap
 
 def test_bootstrap_is_seeded_and_brackets_the_mean():

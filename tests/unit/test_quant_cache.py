@@ -9,7 +9,8 @@ import torch
 
 from qcheck.data.calibration import Calibration, token_digest
 from qcheck.quantize import cache
-from qcheck.quantize.cache import cache_key, default_cache_dir, load_or_quantize, model_digest
+from qcheck.models.digest import model_digest
+from qcheck.quantize.cache import cache_key, default_cache_dir, load_or_quantize
 from qcheck.quantize.spec import parse_quant_spec
 from qcheck.quantize.store import Entry
 
@@ -46,6 +47,7 @@ def test_second_call_hits_the_cache(tiny_model, tmp_path, count_quantize, quant)
     assert _same_weights(first.model, second.model) and not second.model.training
     assert second.report == first.report and second.key == first.key
     assert second.weight_digest == model_digest(tiny_model)
+    assert second.quantized_digest == first.quantized_digest == model_digest(first.model) != second.weight_digest
     if spec.needs_calibration:
         assert first.calibration_digest == second.calibration_digest and "sampled" in first.calibration_source
     else:

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from qcheck.analyses.sae import SAE, SAEConfig, train_sae
+from qcheck.sae.model import SAE, SAEConfig, train_sae
 
 
 def sparse_data(n: int = 600, d: int = 8, n_atoms: int = 16, seed: int = 0) -> torch.Tensor:

@@ -63,7 +63,7 @@ def test_card_heads_are_really_there(fp_model, fp_bridge):
 
 @pytest.mark.parametrize("fp_model", ZOO, indirect=True)
 def test_shipped_sae_basis_is_pinned_to_these_weights(fp_model, qcheck_session):
-    from qcheck.basis import SAE_FILE, sae_metadata
+    from qcheck.sae.basis import SAE_FILE, sae_metadata
 
     shipped = Path(fp_model.spec.location) / SAE_FILE
     assert sae_metadata(shipped)["weight_digest"] == qcheck_session.weight_digest(fp_model.spec.name)

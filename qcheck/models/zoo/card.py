@@ -34,7 +34,7 @@ def render_markdown(card: dict) -> str:
         f"| data | {card['data']['source']}; corpus digest {card['data']['corpus_digest']} |",
         "",
         f"Head probe: {card['head_probe']}.",
-        f"Recipe: `python -m qcheck.models.zoo.train {card['name']}` (qcheck/models/zoo/train.py).",
+        f"Recipe: `python tools/zoo/train.py {card['name']}` (tools/zoo/train.py).",
         "",
     ]
     return "\n".join(lines)

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from qcheck.quantize.apply import block_linears, find_blocks, quantize_model
+from qcheck.quantize.apply import quantize_model
 from qcheck.quantize.grid import QuantizedWeight
+from qcheck.quantize.linears import named_block_linears
 from qcheck.quantize.packing import SUPPORTED_BITS, ZERO_OFFSET, pack_linear
 from qcheck.quantize.spec import QuantSpec
 
@@ -45,8 +46,8 @@ def export_checkpoint(hf_model: nn.Module, spec: QuantSpec, out_dir: str | Path,
     quantize_config.json and config.json (the model's config with `quantization_config`).
     calibration / tokenizer / cache_dir: as for cache.load_or_quantize (GPTQ only).
     """
-    from qcheck.data.calibration import Calibration, token_digest
-    from qcheck.quantize.cache import cached_calibration, default_cache_dir, model_digest
+    from qcheck.models.digest import model_digest
+    from qcheck.quantize.cache import cache_root, resolve_calibration
 
     if spec.method not in ("rtn", "gptq", "gptq-study"):
         raise ValueError(f"export_checkpoint: {spec} is not a quantizer qcheck runs; export rtn or gptq")
@@ -60,15 +61,8 @@ def export_checkpoint(hf_model: nn.Module, spec: QuantSpec, out_dir: str | Path,
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"export_checkpoint: {out} exists and is not an empty directory")
     weight_digest = weight_digest or model_digest(hf_model)
-    tokens = None
-    if spec.needs_calibration:
-        if calibration is None:
-            root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-            calibration = cached_calibration(hf_model, spec, weight_digest=weight_digest, cache_dir=root,
-                                             tokenizer=tokenizer)
-        elif isinstance(calibration, Tensor):
-            calibration = Calibration(calibration, "tokens given by the caller", token_digest(calibration))
-        tokens = calibration.tokens
+    calibration = resolve_calibration(hf_model, spec, calibration, weight_digest=weight_digest,
+                                      cache_dir=cache_root(cache_dir), tokenizer=tokenizer)
 
     tensors: dict[str, Tensor] = {}
 
@@ -78,7 +72,7 @@ def export_checkpoint(hf_model: nn.Module, spec: QuantSpec, out_dir: str | Path,
         except ValueError as error:
             raise ValueError(f"export_checkpoint({spec}): {name}: {error}") from None
 
-    quantize_model(hf_model, spec, tokens, on_layer=keep)
+    quantize_model(hf_model, spec, calibration.tokens if calibration is not None else None, on_layer=keep)
     tensors.update(_unquantized(hf_model, dtype))
     meta = {"quantizer": [f"qcheck:{_version()}"],
             "qcheck": {"spec": str(spec), "weight_digest": weight_digest, "scale_dtype": str(dtype).removeprefix("torch."),
@@ -91,8 +85,7 @@ def export_checkpoint(hf_model: nn.Module, spec: QuantSpec, out_dir: str | Path,
 
 def _unquantized(hf_model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
     """Every state-dict tensor but the block linears' weights; tied tensors (one storage) once."""
-    path, blocks = find_blocks(hf_model)
-    quantized = {f"{path}.{l}.{name}.weight" for l, block in enumerate(blocks) for name in block_linears(block)}
+    quantized = {f"{name}.weight" for name, _ in named_block_linears(hf_model)}
     out, storages = {}, set()
     for key, tensor in hf_model.state_dict().items():
         if key in quantized or tensor.untyped_storage().data_ptr() in storages:

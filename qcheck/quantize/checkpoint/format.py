@@ -17,7 +17,6 @@ an HF module; export.py writes qcheck's own results in the format.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -27,12 +26,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qcheck.files import read_json_object
+from qcheck.models.directory import indexed_shards, pickled_files
+from qcheck.models.tokenizer import has_tokenizer_files
+from qcheck.quantize.linears import get_rows, named_block_linears
 from qcheck.quantize.packing import SUPPORTED_BITS, WORD
 from qcheck.quantize.spec import GROUP_SIZES, QuantSpec
 
 CONFIG_FILES = ("quantize_config.json", "quant_config.json", "config.json")
 FORMATS = {"gptq": "v1", "gptq_v2": "v2"}
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 QUANTIZED_PARTS = ("qweight", "qzeros", "scales", "g_idx")
 SCALE_DTYPES = ("F16", "BF16", "F32")
 # Config fields that fix the architecture's shapes (or the tokenizer), compared when both the
@@ -95,7 +97,7 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
         raise ValueError(f"checkpoint {path}: not a directory; pass the folder that holds "
                          f"quantize_config.json (or config.json) and the *.safetensors files")
     quant = read_quant_config(path)
-    model_config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
+    model_config = read_json_object(path / "config.json") if (path / "config.json").is_file() else None
     if model_config is not None:
         model_config.pop("quantization_config", None)
     return Checkpoint(path=path, quant=quant, model_config=model_config, tensors=_headers(path))
@@ -107,7 +109,7 @@ def read_quant_config(path: Path) -> GPTQConfig:
         file = path / name
         if not file.is_file():
             continue
-        cfg = _read_json(file)
+        cfg = read_json_object(file)
         if name == "config.json":
             if "quantization_config" not in cfg:
                 continue
@@ -169,22 +171,12 @@ def _parse_quant_config(cfg: dict, source: str) -> GPTQConfig:
                       desc_act=desc_act, format=FORMATS[str(raw).lower()], source=source, meta=meta)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"{path}: not readable JSON ({error}); the file is truncated or corrupt") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _headers(path: Path) -> dict[str, TensorInfo]:
     """Every tensor's file, dtype and shape, from the safetensors headers (no data is read)."""
     from safetensors import safe_open
 
     files = sorted(path.glob("*.safetensors"))
-    pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    pickled = pickled_files(path)
     if not files:
         found = f"only pickled weights ({', '.join(pickled)})" if pickled else "no *.safetensors file"
         raise ValueError(f"checkpoint {path}: {found}; qcheck loads safetensors only and never unpickles. "
@@ -193,14 +185,11 @@ def _headers(path: Path) -> dict[str, TensorInfo]:
     if pickled:
         warnings.warn(f"checkpoint {path}: ignoring {', '.join(pickled)} (pickled; qcheck loads only "
                       f"the safetensors files)", CheckpointWarning, stacklevel=3)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        missing = [name for name in shards if not (path / name).is_file()]
-        if missing:
-            raise ValueError(f"checkpoint {path}: {index.name} lists shard(s) that are missing: "
-                             f"{', '.join(missing)}; copy the whole checkpoint directory")
-        files = [path / name for name in shards]
+    try:
+        shards = indexed_shards(path)
+    except ValueError as error:
+        raise ValueError(f"checkpoint {path}: {error}") from None
+    files = shards if shards is not None else files
     tensors: dict[str, TensorInfo] = {}
     for file in files:
         try:
@@ -234,11 +223,7 @@ class Layout:
 
 def layout_of(hf_model: nn.Module, name: str) -> Layout:
     """The layout of an HF model; a model on the meta device works (no weights needed)."""
-    from qcheck.quantize.apply import block_linears, find_blocks, get_rows
-
-    path, blocks = find_blocks(hf_model)
-    linears = {f"{path}.{l}.{module_name}": tuple(reversed(get_rows(module).shape))
-               for l, block in enumerate(blocks) for module_name, module in block_linears(block).items()}
+    linears = {name: tuple(reversed(get_rows(module).shape)) for name, module in named_block_linears(hf_model)}
     return Layout(name=name, config=hf_model.config.to_dict(),
                   tensors={k: tuple(v.shape) for k, v in hf_model.state_dict().items()},
                   buffers=frozenset(n for n, _ in hf_model.named_buffers()), linears=linears)
@@ -337,9 +322,7 @@ def check_tokenizer(ckpt: Checkpoint, fp_vocab: dict[str, int] | None, fp_name: 
     fp_vocab: the FP tokenizer's token -> id map, None for byte-level (zoo) models. A checkpoint
     without tokenizer files is not compared here (vocab_size and the embeddings still are).
     """
-    from qcheck.models.tokenizer import _has_tokenizer_files
-
-    if not _has_tokenizer_files(str(ckpt.path)):
+    if not has_tokenizer_files(str(ckpt.path)):
         return
     if fp_vocab is None:
         raise ckpt.refuse(f"it ships a tokenizer but the FP model {fp_name} reads raw bytes (no tokenizer): "

@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from qcheck.quantize.apply import LayerReport, QuantReport, block_linears, find_blocks, get_rows, set_rows
-from qcheck.quantize.cache import QuantizedModel, model_digest
+from qcheck.quantize.apply import LayerReport, QuantReport
+from qcheck.models.digest import model_digest
 from qcheck.quantize.checkpoint.format import Checkpoint, check_layout, layout_of, open_checkpoint
+from qcheck.quantize.linears import get_rows, named_block_linears, set_rows
 from qcheck.quantize.packing import PackedLinear, dequantize, unpack_linear
+from qcheck.quantize.result import QuantizedModel
 
 # Unquantized tensors must match the FP model to within bfloat16 rounding (2^-8 relative per
 # element, so at most that in Frobenius norm); another model's tensors differ by O(1).
@@ -44,17 +46,15 @@ def load_checkpoint(hf_model: nn.Module, directory: str | Path | Checkpoint, *, 
     tensors = _read_tensors(ckpt)
     _check_unquantized(ckpt, hf_model, tensors, name)
     model = copy.deepcopy(hf_model).float().eval()
-    path, blocks = find_blocks(model)
     layers = []
-    for l, block in enumerate(blocks):
-        for module_name, module in block_linears(block).items():
-            tick, prefix = time.perf_counter(), f"{path}.{l}.{module_name}"
-            W = get_rows(module).float().clone()                  # (d_out, d_in), FP
-            Q = _dequantize(ckpt, prefix, tensors).T              # (d_out, d_in)
-            set_rows(module, Q.to(module.weight.dtype))
-            layers.append(LayerReport(name=prefix, d_out=W.shape[0], d_in=W.shape[1],
-                                      weight_rel_error=float((W - Q).norm() / W.norm().clamp(min=1e-30)),
-                                      seconds=time.perf_counter() - tick))
+    for prefix, module in named_block_linears(model):
+        tick = time.perf_counter()
+        W = get_rows(module).float().clone()                  # (d_out, d_in), FP
+        Q = _dequantize(ckpt, prefix, tensors).T              # (d_out, d_in)
+        set_rows(module, Q.to(module.weight.dtype))
+        layers.append(LayerReport(name=prefix, d_out=W.shape[0], d_in=W.shape[1],
+                                  weight_rel_error=float((W - Q).norm() / W.norm().clamp(min=1e-30)),
+                                  seconds=time.perf_counter() - tick))
     qcheck_meta = ckpt.quant.meta.get("qcheck") if isinstance(ckpt.quant.meta.get("qcheck"), dict) else {}
     spec = ckpt.quant.spec
     return QuantizedModel(model=model, spec=spec, weight_digest=weight_digest or model_digest(hf_model),

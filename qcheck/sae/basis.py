@@ -6,7 +6,7 @@ trained on first use and kept in the cache (atomic, locked: xdist workers train 
 Recipe, for both: FP resid_post at layer n_layers // 2 over SAE_SAMPLES sequences sampled from the
 FP model itself (seeded; no data download), real tokens after BOS only.
 
-    python -m qcheck.basis zoo-gpt2-2l48 [...]   # (re)writes the shipped SAE of zoo models
+    python -m qcheck.sae.basis zoo-gpt2-2l48 [...]   # (re)writes the shipped SAE of zoo models
 """
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ from pathlib import Path
 
 import torch
 
-from qcheck.analyses.features import feature_layer
-from qcheck.analyses.sae import SAE, SAEConfig, train_sae
+from qcheck.sae.model import SAE, SAEConfig, train_sae
 
 SAE_SEED = 0
 SAE_SAMPLES = 64        # sequences; x (context - 1) tokens: 4k-8k activations for the zoo
 SAE_FILE = "sae.safetensors"
 RECIPE = f"v1 resid_post@n_layers//2 sampled n={SAE_SAMPLES} seed={SAE_SEED} train_sae defaults"
+
+
+def feature_layer(n_layers: int) -> int:
+    """The study's layer for the SAE: the middle of the network (layer 6 of GPT-2's 12)."""
+    return n_layers // 2
 
 
 @torch.no_grad()
@@ -48,7 +52,7 @@ def sae_for(model, fp_bridge, *, weight_digest: str, cache_dir: Path) -> SAE:
         pinned = sae_metadata(shipped).get("weight_digest")
         if pinned != weight_digest:
             raise ValueError(f"{shipped} was trained for weights {pinned}, not these ({weight_digest}); "
-                             f"retrain it with `python -m qcheck.basis {model.spec.name}`")
+                             f"retrain it with `python -m qcheck.sae.basis {model.spec.name}`")
         return sae
     from qcheck.quantize.store import Entry
 
@@ -57,10 +61,9 @@ def sae_for(model, fp_bridge, *, weight_digest: str, cache_dir: Path) -> SAE:
     with entry.lock():
         found = entry.read()
         if found is not None:
-            return _from_tensors(SAEConfig(**found[1]["config"]), found[0])
+            return SAE.from_tensors(SAEConfig(**found[1]["config"]), found[0])
         sae = train_sae(training_activations(model.hf, fp_bridge, model.n_ctx), seed=SAE_SEED)
-        entry.write({n: getattr(sae, n) for n in ("W_enc", "b_enc", "W_dec", "b_dec")},
-                    {"config": vars(sae.cfg), "digest": sae.digest(), "recipe": RECIPE})
+        entry.write(sae.tensors(), {"config": vars(sae.cfg), "digest": sae.digest(), "recipe": RECIPE})
     return sae
 
 
@@ -70,18 +73,10 @@ def sae_metadata(path: Path) -> dict:
     return json.loads(path.with_suffix(".json").read_text()).get("metadata", {})
 
 
-def _from_tensors(config: SAEConfig, tensors: dict[str, torch.Tensor]) -> SAE:
-    sae = SAE(config)
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            getattr(sae, name).copy_(tensor)
-    return sae.eval().requires_grad_(False)
-
-
 def main(argv: list[str] | None = None) -> None:
     from qcheck.models.bridge import wrap
     from qcheck.models.load import load_model
-    from qcheck.quantize.cache import model_digest
+    from qcheck.models.digest import model_digest
 
     parser = argparse.ArgumentParser(description="Train and ship the SAE basis of zoo models.")
     parser.add_argument("names", nargs="+", metavar="NAME")

@@ -1,6 +1,8 @@
-"""The recipe that trained the embedded zoo. Reruns on 2 CPU cores:
+"""The recipe that trained the embedded zoo (qcheck/models/zoo/).
 
-    python -m qcheck.models.zoo.train zoo-gpt2-2l48 [--threads 1] [--out DIR]
+Reruns on 2 CPU cores, from the repository root:
+
+    python tools/zoo/train.py zoo-gpt2-2l48 [--threads 1] [--out DIR]
 
 Data (see corpus.py): byte tokens; each training sequence is BOS followed by, with probability
 0.1 / 0.1 / 0.8, plain text, a text chunk of 8-63 bytes repeated to fill the window, or a chunk of
@@ -21,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+# tools/zoo/corpus.py: run as a script, this file's folder is first on sys.path
+from corpus import BOS, VOCAB_SIZE, Corpus, load_corpus
 
 from qcheck.analyses.heads import induction_scores, previous_token_scores
 from qcheck.data.induction import repeated_random_tokens
-from qcheck.models.zoo.card import render_markdown
-from qcheck.models.zoo.corpus import BOS, VOCAB_SIZE, Corpus, load_corpus
-
-ZOO_DIR = Path(__file__).parent
+from qcheck.models.zoo.card import ZOO_DIR, render_markdown
 HEAD_THRESHOLD = 0.4  # the study's rule for "is an induction / previous-token head"
 
 

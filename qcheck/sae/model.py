@@ -21,7 +21,7 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
+TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")  # the parameters, in digest order
 
 
 @dataclass(frozen=True)
@@ -77,15 +77,28 @@ class SAE(nn.Module):
     def digest(self) -> str:
         """sha256 of the weights (config and tensors), to pin the measurement basis."""
         h = hashlib.sha256(json.dumps(asdict(self.cfg), sort_keys=True).encode())
-        for name in _TENSORS:
+        for name in TENSORS:
             h.update(getattr(self, name).detach().float().contiguous().numpy().tobytes())
         return h.hexdigest()
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The weights by name (TENSORS), detached float32: what `save` and the cache store."""
+        return {name: getattr(self, name).detach().float().contiguous() for name in TENSORS}
+
+    @classmethod
+    def from_tensors(cls, cfg: SAEConfig, tensors: dict[str, Tensor]) -> "SAE":
+        """An SAE holding `tensors` (by TENSORS name), frozen: eval mode, gradients off."""
+        sae = cls(cfg)
+        with torch.no_grad():
+            for name in TENSORS:
+                getattr(sae, name).copy_(tensors[name])
+        return sae.eval().requires_grad_(False)
 
     def save(self, path: str | Path, *, metadata: dict[str, str] | None = None) -> None:
         """Write `path` (safetensors) and `path` with suffix .json (config, digest, metadata)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({name: getattr(self, name).detach().float().contiguous() for name in _TENSORS}, path)
+        save_file(self.tensors(), path)
         card = {"config": asdict(self.cfg), "digest": self.digest(), "metadata": metadata or {}}
         path.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
 
@@ -94,14 +107,10 @@ class SAE(nn.Module):
         """Read an SAE written by `save`; refuses one whose weights do not match its digest."""
         path = Path(path)
         card = json.loads(path.with_suffix(".json").read_text())
-        sae = cls(SAEConfig(**card["config"]))
-        tensors = load_file(path)
-        with torch.no_grad():
-            for name in _TENSORS:
-                getattr(sae, name).copy_(tensors[name])
+        sae = cls.from_tensors(SAEConfig(**card["config"]), load_file(path))
         if sae.digest() != card["digest"]:
             raise ValueError(f"{path}: weights do not match the digest in {path.with_suffix('.json')}")
-        return sae.eval()
+        return sae
 
 
 def train_sae(acts: Float[Tensor, "n_tokens d_model"], *, seed: int, steps: int = 1500,
