@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from qcheck.analyses import ANALYSES
 from qcheck.analyses.base import NEUTRAL, Metric

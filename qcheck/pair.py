@@ -8,7 +8,7 @@ quantizer of the model (the session passes it in).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

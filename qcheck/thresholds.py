@@ -5,7 +5,8 @@ Parsed once at the edge (pyproject.toml, the command line) and passed down expli
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from qcheck.analyses import ANALYSES
 from qcheck.analyses.base import Threshold

@@ -14,7 +14,8 @@ No pytest here; the plugin turns a Judgement into pass, fail or xfail.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 # Criteria that are not thresholds: the result cannot be judged (nothing to certify).
 PRECONDITIONS = {

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import torch
 

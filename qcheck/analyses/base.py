@@ -15,7 +15,8 @@ No pytest here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol, get_args
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, get_args, Literal, Protocol
 
 if TYPE_CHECKING:
     from qcheck.capture import Capture

@@ -13,7 +13,8 @@ verdict also bounds that in-context loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import get_args, Literal, Sequence, TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, get_args, Literal
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,7 @@ Rows are read and written in the nn.Linear layout (d_out, d_in) whatever the mod
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from jaxtyping import Float

@@ -13,7 +13,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
+from collections.abc import Sequence
 
 from qcheck.report.certificate import failed_lines
 from qcheck.report.merge import merge

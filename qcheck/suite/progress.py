@@ -20,7 +20,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 @dataclass
