@@ -7,16 +7,22 @@ quantizer of the model (the session passes it in).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from qcheck.capture import Capture, block_hooks, capture, pad_prompts
 from qcheck.analyses.base import PROMPT_SETS, PromptSet
+from qcheck.capture import Capture, block_hooks, capture, pad_prompts
 from qcheck.data.induction import INDUCTION_HALF, INDUCTION_SEED, repeated_random_tokens
 from qcheck.data.prompts import LOGIT_LENS, encode_prompts, natural_texts
 from qcheck.models.load import LoadedModel
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from qcheck.quantize.result import QuantizedModel
 
 
 
@@ -58,18 +64,21 @@ class Case:
 
 @dataclass
 class Pair:
+    """One case's two sides, named alike: `fp` and `quant` (the models), `fp_bridge` and
+    `quant_bridge` (their TransformerBridges), and their captures."""
+
     case: Case
-    model: LoadedModel
-    quantized: object                      # qcheck.quantize.result.QuantizedModel
-    fp_bridge: object
-    quant_bridge: object
+    fp: LoadedModel
+    quant: "QuantizedModel"
+    fp_bridge: "TransformerBridge"
+    quant_bridge: "TransformerBridge"
     fp_capture: Callable[[str], Capture]   # the session's shared FP captures
     _quant_captures: dict = field(default_factory=dict, repr=False)
 
-    def captures(self, prompt_set: str) -> tuple[Capture, Capture]:
+    def captures(self, prompt_set: PromptSet) -> tuple[Capture, Capture]:
         """(FP, quantized) captures of one prompt set: "natural", "lens" or "induction"."""
         if prompt_set not in PROMPT_SETS:
             raise ValueError(f"unknown prompt set {prompt_set!r}; expected one of {PROMPT_SETS}")
         if prompt_set not in self._quant_captures:
-            self._quant_captures[prompt_set] = capture_prompt_set(self.quant_bridge, self.model, prompt_set)
+            self._quant_captures[prompt_set] = capture_prompt_set(self.quant_bridge, self.fp, prompt_set)
         return self.fp_capture(prompt_set), self._quant_captures[prompt_set]

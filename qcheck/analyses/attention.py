@@ -28,7 +28,8 @@ from qcheck.verdict import Failure
 if TYPE_CHECKING:
     from qcheck.thresholds import Thresholds
 
-# The study's rule for "is a previous-token head", before and after quantization.
+# qcheck's rule for "is a previous-token head", before and after quantization (the study only
+# plotted the top previous-token heads; it had no rule or survival test for them).
 PREV_TOKEN_THRESHOLD = 0.4
 
 PerHead = tuple[tuple[float, ...], ...]  # [layer][head]

@@ -1,12 +1,12 @@
 """Analysis 5, circuits: do FP's induction heads survive quantization, and does the circuit still
 do its job? (The study's `circuit_analysis.py`, on [BOS, A, A] sequences from data/induction.py.)
 
-Two detection/survival rules, both always computed (DESIGN.md):
+Two detection/survival rules, both always computed (docs/analyses.md, "circuits"):
 - fixed (the study's text): an induction head has FP score > 0.4; it survives if quantized > 0.4.
 - relative (the study's code): t = mean + 2·std of all FP head scores (population std, as numpy's
   default); detected if FP > t, survives if quantized > t / 2.
 Head scores are blind to what the circuit computes: in a 3-bit trial on a zoo model every head
-kept its score while the loss on the repeated half rose from 0.25 to 2.02 nats (issue 4). So the
+kept its score while the loss on the repeated half rose from 0.25 to 2.02 nats (docs/notes/zoo.md). So the
 verdict also bounds that in-context loss.
 """
 
@@ -45,7 +45,7 @@ PerHead = tuple[tuple[float, ...], ...]  # [layer][head]
 class RuleOutcome:
     """Which heads one rule detects in FP and which of them survive quantization."""
 
-    rule: str
+    rule: Rule
     detect_threshold: float
     survive_threshold: float
     detected: tuple[Head, ...]
@@ -72,7 +72,7 @@ class RuleOutcome:
                 "survival": self.survival}
 
 
-def apply_rule(rule: str, fp: Float[Tensor, "layer head_index"],
+def apply_rule(rule: Rule, fp: Float[Tensor, "layer head_index"],
                quant: Float[Tensor, "layer head_index"]) -> RuleOutcome:
     """Detect induction heads in FP scores and check survival in quantized scores under `rule`."""
     if rule == "fixed":
@@ -114,7 +114,7 @@ class InductionResult:
 
     scores_fp: PerHead
     scores_quant: PerHead
-    rule: str
+    rule: Rule
     fixed: RuleOutcome
     relative: RuleOutcome
     correlation: float

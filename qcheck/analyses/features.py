@@ -2,9 +2,10 @@
 after quantization? (The study's `feature_analysis.py`.)
 
 The SAE (qcheck/sae/) is trained on FP residual-stream activations at layer n_layers // 2 and frozen;
-FP and quantized activations at the same real token positions are encoded with it. The study's
-survival rule: take the top-20 features by FP mean activation; a feature survives if at least 8
-of its 10 highest-activating positions under FP are also among its 10 highest under quantization.
+FP and quantized activations at the same real token positions are encoded with it. The survival
+rule: take the top-20 features by FP mean activation; a feature survives if at least 8 of its 10
+highest-activating positions under FP are also among its 10 highest under quantization. The
+study's code compares the token ids at those positions instead (set overlap >= 0.8; docs/study.md).
 Per-feature Pearson correlation of activations over positions is reported next to it.
 
 Positions are counted once per distinct FP activation: every prompt's BOS (and every shared
@@ -34,7 +35,8 @@ from qcheck.verdict import Failure
 if TYPE_CHECKING:
     from qcheck.thresholds import Thresholds
 
-# The study's rule.
+# The survival rule: qcheck compares positions; the study compares the token ids at them
+# (docs/analyses.md, "features").
 TOP_FEATURES = 20
 TOP_POSITIONS = 10
 MIN_SHARED = 8

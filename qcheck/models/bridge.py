@@ -1,6 +1,6 @@
 """HF module <-> TransformerBridge.
 
-Wrapping rewrites the HF module tree in place (NOTES-ecosystem.md), so `wrap` always wraps a deep
+Wrapping rewrites the HF module tree in place (docs/notes/ecosystem.md), so `wrap` always wraps a deep
 copy: the caller's module stays a plain HF model that quantizers can copy and edit. FP and
 quantized models are wrapped the same way (no compatibility mode, no LayerNorm folding), so their
 residual streams are comparable.

@@ -12,11 +12,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from qcheck.models.checks import check_model_dir
 from qcheck.models.errors import ModelNotAvailable
 
 ZOO_DIR = Path(__file__).parent / "zoo"
+
+ModelKind = Literal["zoo", "local", "hub"]
+MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
@@ -24,7 +28,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 @dataclass(frozen=True)
 class ModelSpec:
     name: str          # as the user wrote it; used in test ids
-    kind: str          # "zoo" | "local" | "hub"
+    kind: ModelKind
     location: str      # zoo/local: a directory; hub: the repo id
 
 

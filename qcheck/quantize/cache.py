@@ -1,4 +1,4 @@
-"""The quantized-model cache: the second run loads instead of requantizing (DESIGN.md, "Quantizers").
+"""The quantized-model cache: the second run loads instead of requantizing (docs/design.md, "Quantizers").
 
 An entry holds the quantized weights of the block linears (safetensors, float32, exactly what
 the quantizer produced) and a JSON sidecar with the report, the spec string and the digests. Its

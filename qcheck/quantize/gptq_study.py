@@ -2,7 +2,7 @@
 
 The study inverted the damped H once and, for every column i, pushed the rounding error onto the
 later columns with row i of that full inverse, err = (w_i − q_i) / [H⁻¹]_ii,
-W[:, j>i] −= err · [H⁻¹]_ij (NOTES-ecosystem.md, "The study's code"). That is the OBS update for
+W[:, j>i] −= err · [H⁻¹]_ij (docs/study.md, "Where the study's code differs from its text"). That is the OBS update for
 column 0 only: after a column is fixed, the inverse Hessian of the remaining columns is no longer
 the corresponding block of H⁻¹, so every later update uses a stale inverse. The exact version is
 `gptq.gptq` (the Cholesky rows are the re-inverted ones). Everything else (grid, groups, dead

@@ -1,7 +1,9 @@
 """Round-to-nearest (RTN): every weight to the nearest point of its row's (or group's) grid.
 
-With the default `study` grid and no groups this is exactly the study's RTN: symmetric, one
-scale per output row, scale = max|w| / 7 at 4 bits (DESIGN.md, "Quantizers"). No calibration.
+With the default `study` grid and no groups: symmetric, one scale per output row of the raw HF
+weight, scale = max|w| / 7 at 4 bits (docs/design.md, "Quantizers"). That is the study's grid
+formula, not the study's RTN, which quantized TransformerLens-processed weights along another
+axis (docs/study.md). No calibration.
 """
 
 from __future__ import annotations

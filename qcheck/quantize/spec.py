@@ -27,8 +27,9 @@ Examples: `rtn-w4`, `rtn-w3-g64`, `gptq-w4`, `gptq-w4-g128-act`, `rtn-w4-asym`,
 `gptq-w4-damp0.1`, `gptq-study-w4`, `gptq-w4-n32-len64-file:/data/calib.txt`.
 
 The symmetric grid. Default `study`: scale = max|w| / (2^(b-1) - 1), levels -2^(b-1) .. 2^(b-1)-1
-(at 4 bits scale = max|w|/7), exactly the study's RTN, so `rtn-w4` reproduces its headline
-result and max|w| is represented without clipping. It is degenerate at 2 bits (levels
+(at 4 bits scale = max|w|/7): the study's formula, so max|w| is represented without clipping.
+qcheck applies it per output row of the raw HF weights; the study applied it to TransformerLens-
+processed weights along TL's last axis (docs/study.md), so `rtn-w4` is not the study's RTN. It is degenerate at 2 bits (levels
 {-2, -1, 0, 1}·max|w|, most weights round to 0); `ref` is the IST-DASLab/GPTQ grid, scale =
 2·max|w| / (2^b - 1) with zero point 2^(b-1) (at 2 bits {-4/3, -2/3, 0, 2/3}·max|w|), the one
 GPTQ checkpoints from other tools use. RTN and GPTQ share the grid, so comparing them compares

@@ -1,4 +1,4 @@
-"""Reports: what a person reads after a certification run (`--qcheck-report DIR`, DESIGN.md
+"""Reports: what a person reads after a certification run (`--qcheck-report DIR`, docs/design.md
 "Reports"), and the terminal summary.
 
     results.py      results.json: the entries and how they are written (schema in schema.py)

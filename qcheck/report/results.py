@@ -83,7 +83,7 @@ def seeds(spec) -> dict[str, int | None]:
 
 def entry_for_pair(pair, worker: str) -> dict:
     """What identifies a pair: model, quantizer, digests, calibration, seeds (and this build)."""
-    quantized, model, cfg = pair.quantized, pair.model, getattr(pair.fp_bridge, "cfg", None)
+    quantized, model, cfg = pair.quant, pair.fp, getattr(pair.fp_bridge, "cfg", None)
     return jsonable({
         "id": pair.case.id,
         "model": {"name": model.spec.name, "kind": model.spec.kind, "location": model.spec.location,

@@ -1,5 +1,7 @@
-"""A sparse autoencoder as the study trained it (its `feature_analysis.py`): linear → ReLU →
-linear, width 4·d_model, Adam at 1e-3, loss MSE + 1e-3·mean|h|, on FP residual-stream activations.
+"""A sparse autoencoder of the study's architecture and loss (its `feature_analysis.py`): linear →
+ReLU → linear, width 4·d_model, Adam at 1e-3, loss MSE + 1e-3·mean|h|, on FP residual-stream
+activations. Not the study's training: init, schedule and data differ (docs/analyses.md,
+"features"), and the result is dense, not sparse.
 
 It is a measurement basis, not a model under test: trained once per FP model (seeded, so the same
 activations give the same SAE bit for bit on one machine), saved as safetensors plus a JSON config,

@@ -212,11 +212,11 @@ def inputs_digest(model, prompt_set: str) -> str:
 
 def header_for(pair, analysis: str, device: str, basis_digest: str | None = None) -> drift.Header:
     """The header of one certification result: the pair's provenance, the analysis, the platform."""
-    quantized = pair.quantized
-    dtype = str(next(pair.model.hf.parameters()).dtype).removeprefix("torch.")
+    quantized = pair.quant
+    dtype = str(next(pair.fp.hf.parameters()).dtype).removeprefix("torch.")
     return drift.Header(model=pair.case.model, weight_digest=quantized.weight_digest,
                         quant=str(quantized.spec), calibration_digest=quantized.calibration_digest,
-                        inputs_digest=inputs_digest(pair.model, ANALYSES[analysis].prompt_set),
+                        inputs_digest=inputs_digest(pair.fp, ANALYSES[analysis].prompt_set),
                         analysis=analysis, analysis_version=ANALYSES[analysis].version, dtype=dtype,
                         device=device.split(":")[0],  # cuda:0 and cuda:1 round alike
                         environment=environment(), basis_digest=basis_digest)

@@ -180,7 +180,7 @@ class QcheckSession:
 
         def build():
             quantized = self.quantized(case)
-            return Pair(case=case, model=self.model(case.model), quantized=quantized,
+            return Pair(case=case, fp=self.model(case.model), quant=quantized,
                         fp_bridge=self.fp_bridge(case.model), quant_bridge=wrap(quantized.model),
                         fp_capture=lambda prompt_set: self.fp_capture(case.model, prompt_set))
         return self._once(("pair", case), build)

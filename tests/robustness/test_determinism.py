@@ -41,9 +41,9 @@ def certify(cache_dir: Path) -> dict:
                             cache_dir=cache_dir, expected_failures=[])
     pair = session.pair(Case(smallest_zoo_model(), QUANT))
     return {
-        "from_cache": pair.quantized.from_cache,
-        "quantized_weights": pair.quantized.quantized_digest,
-        "calibration": pair.quantized.calibration_digest,
+        "from_cache": pair.quant.from_cache,
+        "quantized_weights": pair.quant.quantized_digest,
+        "calibration": pair.quant.calibration_digest,
         "activations": compare_activations(*pair.captures("natural")).as_baseline(),
         "attention": compare_attention(*pair.captures("natural")).as_baseline(),
         "logit_lens": compare_logit_lens(*pair.captures("lens")).as_baseline(),

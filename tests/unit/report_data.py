@@ -80,9 +80,9 @@ def fake_pair(case: Case, n_layers: int, worker_seed: int = 0):
     return SimpleNamespace(
         case=case, captures=lambda prompt_set: (None, None),  # synthetic analyses read no capture
         fp_bridge=SimpleNamespace(cfg=SimpleNamespace(n_layers=n_layers, n_heads=N_HEADS, d_model=8)),
-        model=SimpleNamespace(spec=SimpleNamespace(name=case.model, kind="zoo", location=f"/zoo/{case.model}"),
+        fp=SimpleNamespace(spec=SimpleNamespace(name=case.model, kind="zoo", location=f"/zoo/{case.model}"),
                               n_params=10_000 * n_layers ** 3),
-        quantized=SimpleNamespace(spec=parse_quant_spec(case.quant), weight_digest=f"fp-{case.model}",
+        quant=SimpleNamespace(spec=parse_quant_spec(case.quant), weight_digest=f"fp-{case.model}",
                                   model=module, quantized_digest=model_digest(module), key=f"key-{case.id}",
                                   from_cache=bool(worker_seed),
                                   calibration_source="sampled n=128" if calibrated else None,

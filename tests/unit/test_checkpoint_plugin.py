@@ -56,7 +56,7 @@ PAIR_TEST = """
 import pytest
 @pytest.mark.activations
 def test_certify(pair):
-    assert str(pair.quantized.spec) == ("checkpoint-w4" if ":" in pair.case.quant else pair.case.quant)
+    assert str(pair.quant.spec) == ("checkpoint-w4" if ":" in pair.case.quant else pair.case.quant)
 """
 
 

@@ -7,7 +7,7 @@ Reruns on 2 CPU cores, from the repository root:
 Data (see corpus.py): byte tokens; each training sequence is BOS followed by, with probability
 0.1 / 0.1 / 0.8, plain text, a text chunk of 8-63 bytes repeated to fill the window, or a chunk of
 8-63 random bytes (1..255) repeated to fill the window. The repeats are what make induction and
-previous-token heads form in a few thousand steps (measured in ../shared/NOTES-zoo.md).
+previous-token heads form in a few thousand steps (measured: docs/notes/zoo.md).
 Optimiser: AdamW (0.9, 0.95), weight decay 0.01, grad clip 1.0, linear warm-up then cosine decay
 to 10% of the peak learning rate.
 """
@@ -27,9 +27,13 @@ import torch
 from corpus import BOS, VOCAB_SIZE, Corpus, load_corpus
 
 from qcheck.analyses.heads import induction_scores, previous_token_scores
+from qcheck.analyses.attention import PREV_TOKEN_THRESHOLD
+from qcheck.analyses.circuits import FIXED_THRESHOLD
 from qcheck.data.induction import repeated_random_tokens
 from qcheck.models.zoo.card import ZOO_DIR, render_markdown
-HEAD_THRESHOLD = 0.4  # the study's rule for "is an induction / previous-token head"
+# a head is an induction / previous-token head above these scores (the certification's own rules)
+assert FIXED_THRESHOLD == PREV_TOKEN_THRESHOLD, "the cards record one threshold for both head types"
+HEAD_THRESHOLD = FIXED_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -50,14 +54,14 @@ class Recipe:
 
 RECIPES = {r.name: r for r in [
     # GPT-2: lr 1e-3 and a sinusoidal position init are what made heads form; the steps after
-    # the induction transition let the previous-token head sharpen (NOTES-zoo.md). Window 64
+    # the induction transition let the previous-token head sharpen (docs/notes/zoo.md). Window 64
     # halves the cost; the learned position table then knows positions < 64 only. At 6,000 steps
     # the 2 x 48 model had 3 induction heads (0.41-0.52) but no previous-token head: its
     # transition came late (~4,500 steps), hence 12,000.
     Recipe("zoo-gpt2-2l48", "gpt2", n_layers=2, d_model=48, n_heads=4, lr=1e-3, steps=12000, window=64),
     Recipe("zoo-gpt2-3l96", "gpt2", n_layers=3, d_model=96, n_heads=4, lr=1e-3, steps=6000, window=64),
     # Pythia: 16 rotary dimensions where d_head allows (with 4 of 24 no previous-token head formed,
-    # NOTES-zoo.md). lr 1e-2 formed no head in 1,500 steps here; at 3e-3 the 2 x 64 model's
+    # docs/notes/zoo.md). lr 1e-2 formed no head in 1,500 steps here; at 3e-3 the 2 x 64 model's
     # transition came at ~1,200 steps. The 2 x 32 model needs 4 heads (d_head 8, all 8 dims
     # rotary): with 2 heads of 16 its layer 1 had room for one induction head only (0.72).
     Recipe("zoo-pythia-2l32", "pythia", n_layers=2, d_model=32, n_heads=4, lr=3e-3, steps=3000, rotary_dims=8),
@@ -212,7 +216,7 @@ def write_model(model: torch.nn.Module, recipe: Recipe, corpus: Corpus, log: dic
         "training_seconds": log["seconds"],
         "final_train_loss": log["history"][-1]["train_loss"],
         "held_out_loss_nats_per_byte": log["history"][-1]["held_out_loss"],
-        "head_probe": "50 x [BOS, A, A], A = 25 random bytes in [1, 256), seed 42; threshold 0.4",
+        "head_probe": f"50 x [BOS, A, A], A = 25 random bytes in [1, 256), seed 42; threshold {HEAD_THRESHOLD}",
         "induction_heads": heads_above(heads["induction"]),
         "previous_token_heads": heads_above(heads["previous_token"]),
         "scores": heads,

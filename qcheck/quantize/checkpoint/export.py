@@ -1,5 +1,5 @@
 """Write qcheck's own RTN/GPTQ result as a GPTQ-packed checkpoint (format v1 or v2), so that
-import(export(x)) is tested here without other tools (DESIGN.md, "Quantizers", `checkpoint`).
+import(export(x)) is tested here without other tools (docs/design.md, "Quantizers").
 
 The quantizer runs again (quantize_model with an `on_layer` hook): the cache keeps dequantized
 weights only, and a checkpoint needs the codes, scales, zeros and g_idx. On one machine and torch

@@ -1,4 +1,4 @@
-"""Load a GPTQ-packed checkpoint into a float32 copy of its FP model (DESIGN.md, "Quantizers").
+"""Load a GPTQ-packed checkpoint into a float32 copy of its FP model (docs/design.md, "Quantizers").
 
 The block linears get the dequantized weights W = scales[g_idx] · (q − zero[g_idx]), g_idx used
 as stored (act-order: never a row permutation). Everything else stays the FP model's: the
