@@ -36,7 +36,7 @@ class GPTQResult(QuantizedWeight):
 
     damp: the damping fraction of mean diag(H) finally used (> the requested one after retries).
     damp_retries: factorisations that failed before it (0 normally).
-    dead: input columns never active in calibration (H_ii == 0); their weights are set to 0.
+    dead: input columns never active in calibration (H_ii == 0, or denormal); their weights are set to 0.
     order: (d_in,) the input columns in processing order (act-order), or None (natural order).
     """
 
@@ -185,7 +185,9 @@ def prepare(weight: Tensor, hessian: Tensor, grid: GridSpec, *, group_size: int 
     if static_groups:
         pairs = [fit(W[:, s:s + group_size], grid) for s in range(0, d_in, group_size)]
         static = torch.stack([s for s, _ in pairs], dim=1), torch.stack([z for _, z in pairs], dim=1)
-    dead = H.diagonal() == 0                              # inputs never active in calibration
+    # Inputs never active in calibration (H_ii == 0), or active only below the dtype's normal
+    # range (a denormal H_ii): 1 / H_ii would overflow and no damping rescues the factorisation.
+    dead = H.diagonal() < torch.finfo(H.dtype).tiny
     H.diagonal()[dead] = 1
     W[:, dead] = 0
     order = None

@@ -1,8 +1,8 @@
 """Helpers of the robustness catalogue (the catalogue itself: test_catalogue.py).
 
-- `cli`: a pytester project that loads qcheck's plugin and holds one certification test, to
-  drive a bad command-line value end to end; `cli.usage_error(*args)` asserts the run stops at
-  collection with exactly one usage error and returns its message.
+- `cli`: a pytester project that loads qcheck's plugin and holds one certification test
+  (`helpers.plugin_suite`), to drive a bad command-line value end to end; `cli.usage_error(*args)`
+  asserts the run stops at collection with exactly one usage error and returns its message.
 - `tree(path)`: every file under `path` with its bytes, to assert nothing on disk was lost,
   changed or left half-written.
 """
@@ -13,13 +13,7 @@ from pathlib import Path
 
 import pytest
 
-CERTIFY_TEST = """
-import pytest
-
-@pytest.mark.activations
-def test_certify(pair):
-    pass
-"""
+from helpers import plugin_suite
 
 
 class Cli:
@@ -43,10 +37,7 @@ class Cli:
 @pytest.fixture
 def cli(pytester: pytest.Pytester, monkeypatch, tmp_path_factory) -> Cli:
     monkeypatch.setenv("QCHECK_CACHE_DIR", str(tmp_path_factory.mktemp("qcheck-cache")))
-    pytester.makeconftest("")  # qcheck's plugin comes from its pytest11 entry point
-    pytester.makeini("[pytest]\nmarkers =\n    activations: a\n    gpu: g\n    xdist_group(name): g\n")
-    pytester.makepyfile(test_certify=CERTIFY_TEST)
-    return Cli(pytester)
+    return Cli(plugin_suite(pytester))
 
 
 def files_under(path: Path) -> dict[str, bytes]:

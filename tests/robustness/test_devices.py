@@ -109,7 +109,8 @@ def test_anywhere():
 @pytest.mark.parametrize("n_gpus", [0, 1])
 def test_gpu_marked_tests_are_skipped_with_a_reason_without_cuda(pytester, gpus, n_gpus):
     gpus(n_gpus)
-    pytester.makeconftest("from tests.conftest import pytest_collection_modifyitems  # the hook under test")
+    pytester.makeconftest("from helpers import skip_gpu_tests_without_cuda as pytest_collection_modifyitems"
+                          "  # the body of tests/conftest.py's hook, under test")
     pytester.makeini("[pytest]\nmarkers =\n    gpu: needs CUDA\n")
     pytester.makepyfile(test_gpu=GPU_SUITE)
     result = pytester.runpytest("-rs", "-p", "no:cacheprovider")

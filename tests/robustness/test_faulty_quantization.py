@@ -18,7 +18,7 @@ from qcheck.quantize.grid import GridSpec
 from qcheck.quantize.rtn import rtn
 from qcheck.quantize.spec import parse_quant_spec
 
-from tests.conftest import build_tiny
+from helpers import build_tiny
 
 
 def linears(model) -> dict[str, torch.nn.Module]:

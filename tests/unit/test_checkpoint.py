@@ -20,7 +20,7 @@ from qcheck.quantize.checkpoint import (CheckpointWarning, check_layout, check_t
 from qcheck.quantize.checkpoint.format import layout_of
 from qcheck.quantize.spec import parse_quant_spec
 
-from tests.conftest import build_tiny
+from helpers import build_tiny
 
 WEIGHTS = "model.safetensors"
 

@@ -15,7 +15,7 @@ from qcheck.pair import Case
 from qcheck.suite.matrix import DEFAULT_QUANTS, build_cases, is_selected
 from qcheck.models.registry import ZOO_DIR, zoo_names
 
-from tests.conftest import build_tiny, plugin_suite
+from helpers import build_tiny, plugin_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ["zoo-a", "zoo-b"]

@@ -12,8 +12,10 @@ from qcheck.thresholds import Thresholds
 from qcheck.models.registry import zoo_names
 from qcheck.suite.session import QcheckSession
 
+from helpers import plugin_suite
+
 MODEL = zoo_names()[0]
-CERTIFY_TEST = """
+CIRCUITS_TEST = """
 import os, pytest, report_data
 
 @pytest.mark.circuits
@@ -50,9 +52,7 @@ def suite(pytester, monkeypatch):
     monkeypatch.setattr(data, "damage_of", lambda case: damage["value"])
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("QCHECK_FAKE_CRASH", raising=False)
-    pytester.makeconftest(CONFTEST)
-    pytester.makeini("[pytest]\nmarkers =\n    circuits: c\n    xdist_group(name): g\n")
-    pytester.makepyfile(test_certify=CERTIFY_TEST)
+    plugin_suite(pytester, CIRCUITS_TEST, conftest=CONFTEST)
     pytester.damage = damage
     return pytester
 

@@ -3,19 +3,12 @@ message naming the value and the fix; narrowing deselects and never shrinks the 
 
 import pytest
 
-from tests.conftest import plugin_suite
-
-CERTIFY_TEST = """
-import pytest
-@pytest.mark.activations
-def test_certify(pair):
-    pass
-"""
+from helpers import plugin_suite
 
 
 @pytest.fixture
 def suite(pytester):
-    return plugin_suite(pytester, CERTIFY_TEST)
+    return plugin_suite(pytester)
 
 
 # Bad models, quantizers and devices on the command line: tests/robustness/ (the catalogue).

@@ -15,7 +15,9 @@ from qcheck.models.registry import zoo_names
 from qcheck.report.schema import validate
 from qcheck.suite.session import QcheckSession
 
-CERTIFY_TEST = """
+from helpers import plugin_suite
+
+CIRCUITS_TEST = """
 import pytest
 import report_data
 
@@ -45,9 +47,7 @@ def suite(pytester, monkeypatch):
     monkeypatch.setattr(QcheckSession, "pair", lambda self, case: data.fake_pair(case, n_layers=2))
     monkeypatch.setattr(data, "damage_of", lambda case: {"rtn-w4": 0.6, "gptq-w4": 0.02}[case.quant])
     monkeypatch.delenv("CI", raising=False)
-    pytester.makeconftest(CONFTEST)
-    pytester.makeini("[pytest]\nmarkers =\n    circuits: c\n    xdist_group(name): g\n")
-    pytester.makepyfile(test_certify=CERTIFY_TEST)
+    plugin_suite(pytester, CIRCUITS_TEST, conftest=CONFTEST)
     return pytester
 
 

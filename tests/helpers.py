@@ -1,0 +1,75 @@
+"""Helpers shared by every test tier: `from helpers import ...` (pytest's default import mode puts
+tests/, the folder of tests/conftest.py, on sys.path). The fixtures stay in the conftests and
+delegate here; nothing imports a conftest as a module.
+
+- `build_tiny(family)`: a tiny random-init HF model, no file, no download, < 1 s to build. Both
+  architecture families of the zoo (GPT-2: Conv1D weights [in, out], sequential residual;
+  GPT-NeoX: nn.Linear, rotary, parallel residual) at vocab 256, 2 layers, d_model 32, context 64.
+- `skip_gpu_tests_without_cuda(items)`: tests marked `gpu` are skipped with the reason (torch's
+  build, no device) where torch sees no CUDA, so `pytest -m gpu` on a CPU machine reports skips,
+  never errors. The body of tests/conftest.py's collection hook.
+- `plugin_suite(pytester, ...)`: a pytester project that loads qcheck's plugin and holds one
+  certification-style test (`CERTIFY_TEST` unless told).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+import torch
+
+from qcheck.suite.options import cuda_unavailable_reason
+
+
+def build_tiny(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny model of one family ("gpt2" or "neox"); `overrides` change its config."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=256, bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    if family == "gpt2":
+        config = GPT2Config(**{**dict(n_layer=2, n_embd=32, n_head=4, n_positions=64), **common, **overrides})
+        model = GPT2LMHeadModel(config)
+    else:
+        config = GPTNeoXConfig(**{**dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                                         intermediate_size=128, max_position_embeddings=64, rotary_pct=0.5,
+                                         tie_word_embeddings=False), **common, **overrides})
+        model = GPTNeoXForCausalLM(config)
+    with torch.no_grad():  # non-trivial biases and norms, so "left untouched" can be told apart
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln" in name or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.float().eval()
+
+
+def skip_gpu_tests_without_cuda(items: list[pytest.Item]) -> None:
+    """Mark every `gpu` item skipped, with the reason, when torch sees no CUDA device."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    reason = cuda_unavailable_reason() if gpu_items else None
+    for item in gpu_items if reason else ():
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
+CERTIFY_TEST = """
+import pytest
+
+@pytest.mark.activations
+def test_certify(pair):
+    pass
+"""
+
+
+def plugin_suite(pytester: pytest.Pytester, test_source: str = CERTIFY_TEST, *, conftest: str = "",
+                 markers: Iterable[str] = ()) -> pytest.Pytester:
+    """A pytester project: `conftest` (qcheck's plugin itself comes from its pytest11 entry point),
+    `test_source` as test_certify.py, and an ini declaring `markers` ("name: description" lines).
+
+    The plugin registers the analysis markers and xdist_group; `markers` is for the suite's own
+    tiers (gpu, kernels, zoo, slow), which live in the repo's pytest.ini, not in pytester's project.
+    """
+    pytester.makeconftest(conftest)
+    lines = "".join(f"\n    {line}" for line in markers)
+    pytester.makeini("[pytest]\n" + (f"markers ={lines}\n" if lines else ""))
+    pytester.makepyfile(test_certify=test_source)
+    return pytester

@@ -1,0 +1,139 @@
+"""Induction circuits on planted attention patterns over repeated random tokens: the repeated-half
+loss, both detection rules, lost heads named worst first, no FP head, the in-context loss claim."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from qcheck.analyses import circuits
+from qcheck.analyses.heads import induction_scores
+from qcheck.capture import Capture
+from qcheck.data.induction import repeated_random_tokens
+
+from .captures import D_VOCAB, DEFAULT, assert_baseline_json
+
+
+HALF = 5
+TOKENS = repeated_random_tokens(n_sequences=4, half=HALF, low=1, high=D_VOCAB, bos=0, seed=0)
+
+
+def induction_patterns(scores: list[list[float]]) -> list[torch.Tensor]:
+    """Per layer (batch, head_index, query_pos, key_pos) patterns whose induction score per head is
+    exactly `scores[layer][head]`: second-half queries put that much on the induction key, the
+    rest on BOS."""
+    n_pos = 1 + 2 * HALF
+    layers = []
+    for layer_scores in scores:
+        pattern = torch.zeros(len(TOKENS), len(layer_scores), n_pos, n_pos)
+        pattern[..., 0] = 1.0
+        for head, s in enumerate(layer_scores):
+            for q in range(1 + HALF, n_pos):
+                pattern[:, head, q, 0] = 1 - s
+                pattern[:, head, q, q - HALF + 1] = s
+        layers.append(pattern)
+    return layers
+
+
+def uniform_logits() -> torch.Tensor:
+    return torch.zeros(len(TOKENS), TOKENS.shape[1], D_VOCAB)
+
+
+def test_induction_patterns_helper_gives_the_planted_scores():
+    (pattern,) = induction_patterns([[0.9, 0.25]])
+    assert induction_scores(pattern, HALF).tolist() == pytest.approx([0.9, 0.25])
+
+
+def test_repeated_half_loss_covers_exactly_the_inducible_tokens():
+    confident = uniform_logits()
+    for p in range(HALF + 1, 2 * HALF):  # logits at p predict the token at p + 1
+        confident[torch.arange(len(TOKENS)), p, TOKENS[:, p + 1]] = 100.0
+    assert circuits.repeated_half_loss(confident, TOKENS, HALF).tolist() == pytest.approx([0.0] * 4, abs=1e-9)
+    # forget one inducible position: exactly one of the HALF − 1 targets costs ln(V)
+    missing = confident.clone()
+    missing[:, 2 * HALF - 1] = 0.0
+    expected = math.log(D_VOCAB) / (HALF - 1)
+    assert circuits.repeated_half_loss(missing, TOKENS, HALF).tolist() == pytest.approx([expected] * 4)
+    # confidence anywhere else (e.g. the non-inducible first repeated token) does not count
+    elsewhere = uniform_logits()
+    elsewhere[torch.arange(len(TOKENS)), HALF, TOKENS[:, HALF + 1]] = 100.0
+    uniform = [math.log(D_VOCAB)] * 4
+    assert circuits.repeated_half_loss(elsewhere, TOKENS, HALF).tolist() == pytest.approx(uniform)
+
+
+def compare(fp_scores, quant_scores, rule="fixed", fp_logits=None, quant_logits=None):
+    return circuits.compare_induction(induction_patterns(fp_scores), induction_patterns(quant_scores),
+                                      uniform_logits() if fp_logits is None else fp_logits,
+                                      uniform_logits() if quant_logits is None else quant_logits,
+                                      TOKENS, HALF, rule=rule)
+
+
+def test_induction_identical_is_perfect():
+    scores = [[0.9, 0.1, 0.05], [0.5, 0.2, 0.6]]
+    result = compare(scores, scores)
+    assert result.fixed.detected == ((0, 0), (1, 0), (1, 2)) and result.fixed.survival == 1.0
+    assert result.correlation == pytest.approx(1.0) and result.icl_loss_increase == 0.0
+    assert result.failures(DEFAULT) == []
+    baseline = result.as_baseline()
+    assert_baseline_json(baseline)
+    assert baseline["fixed"]["detected"] == ["L0H0", "L1H0", "L1H2"]
+    assert baseline["heads"]["L1H2"] == {"fp": pytest.approx(0.6), "quant": pytest.approx(0.6)}
+
+
+def test_induction_fixed_rule_names_lost_heads_worst_first():
+    fp = [[0.9, 0.1, 0.05], [0.5, 0.2, 0.62]]
+    quant = [[0.85, 0.1, 0.05], [0.31, 0.2, 0.08]]
+    result = compare(fp, quant)
+    assert result.fixed.survived == ((0, 0),) and result.survival == pytest.approx(1 / 3)
+    (message,) = result.failures(DEFAULT)
+    assert message == ("lost induction heads L1H2 0.62→0.08, L1H0 0.5→0.31 (1/3 survive; fixed rule: "
+                       "detected > 0.4, survives > 0.4)")
+    assert result.correlation == pytest.approx(np.corrcoef(np.ravel(fp), np.ravel(quant))[0, 1])
+
+
+def test_induction_relative_rule_is_the_studys_code():
+    fp = [[0.9, 0.1, 0.05, 0.02], [0.3, 0.2, 0.15, 0.01]]
+    quant = [[0.39, 0.1, 0.05, 0.02], [0.3, 0.2, 0.15, 0.01]]
+    # population std (numpy's default): t = 0.7646, t / 2 = 0.3823 < 0.39 (sample std: 0.4012 > 0.39)
+    threshold = np.mean(fp) + 2 * np.std(fp)
+    result = compare(fp, quant, rule="relative")
+    assert result.relative.detect_threshold == pytest.approx(threshold)
+    assert result.relative.survive_threshold == pytest.approx(threshold / 2)
+    assert result.relative.detected == result.relative.survived == ((0, 0),)
+    assert result.fixed.detected == ((0, 0),) and result.fixed.survived == ()  # 0.39 < 0.4
+    assert result.failures(DEFAULT.updated({'induction_rule': "relative"})) == []
+    with pytest.raises(ValueError, match="rule='relative'"):
+        result.failures(DEFAULT)
+    (message,) = compare(fp, quant, rule="fixed").failures(DEFAULT)
+    assert message.startswith("lost induction heads L0H0 0.9→0.39 (0/1 survive")
+
+
+def test_induction_without_fp_heads_fails_with_its_own_message():
+    scores = [[0.1, 0.2, 0.05], [0.3, 0.2, 0.1]]
+    (message,) = compare(scores, scores).failures(DEFAULT)
+    assert message == ("FP model has no induction heads under the fixed rule (score > 0.4; best L1H0 0.3); "
+                       "nothing to certify")
+    assert compare(scores, scores).survival is None
+
+
+def test_induction_loss_increase_fails_even_when_heads_survive():
+    scores = [[0.9, 0.1, 0.05], [0.5, 0.2, 0.6]]
+    good = uniform_logits()
+    for p in range(HALF + 1, 2 * HALF):
+        good[torch.arange(len(TOKENS)), p, TOKENS[:, p + 1]] = 100.0
+    result = compare(scores, scores, fp_logits=good, quant_logits=uniform_logits())
+    assert result.icl_loss_fp == pytest.approx(0.0, abs=1e-9)
+    assert result.icl_loss_quant == pytest.approx(math.log(D_VOCAB))
+    (message,) = result.failures(DEFAULT)
+    assert message == "in-context loss on the repeated half rose 0→2.398 nats/token (+2.398 > 0.25)"
+
+
+def test_induction_captures_wrapper_reads_patterns_and_logits():
+    scores = [[0.9, 0.1, 0.05], [0.5, 0.2, 0.6]]
+    patterns = induction_patterns(scores)
+    acts = {f"blocks.{l}.attn.hook_pattern": p for l, p in enumerate(patterns)}  # patterns only
+    cap = Capture(tokens=TOKENS, mask=torch.ones_like(TOKENS, dtype=torch.bool), logits=uniform_logits(),
+                  acts=acts)
+    result = circuits.compare_induction_captures(cap, cap, HALF, rule="fixed")
+    assert np.allclose(result.scores_fp, scores) and result.fixed.survival == 1.0
