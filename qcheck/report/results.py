@@ -40,9 +40,10 @@ PACKAGES = ("qcheck", "torch", "transformers", "transformer_lens", "numpy", "saf
             "matplotlib", "pytest", "pytest-xdist", "syrupy")
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """The installed version of each package (None: not installed)."""
     out = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:

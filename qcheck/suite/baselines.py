@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
@@ -44,6 +43,7 @@ from syrupy.location import PyTestLocation
 
 from qcheck import drift
 from qcheck.analyses import ANALYSES
+from qcheck.report.results import package_versions
 
 BASELINES_DIR = "baselines"
 TESTS_DIR = "tests"
@@ -75,13 +75,7 @@ def baseline_dir(test_file: Path, device_class: str = "cpu") -> Path:
 
 def environment() -> dict[str, str | None]:
     """The versions of PINNED_PACKAGES installed here (None: not installed)."""
-    found = {}
-    for name in PINNED_PACKAGES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
+    return package_versions(PINNED_PACKAGES)
 
 
 class BaselineExtension(JSONSnapshotExtension):
