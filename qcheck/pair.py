@@ -43,10 +43,12 @@ def capture_prompt_set(bridge, model: LoadedModel, prompt_set: str) -> Capture:
     n_layers = bridge.cfg.n_layers
     if prompt_set == "natural":
         return capture(bridge, tokens, mask, names=block_hooks(n_layers), lens=False)
-    if prompt_set == "lens":
-        return capture(bridge, tokens, mask, names=[f"blocks.{l}.hook_resid_post" for l in range(n_layers)])
+    if prompt_set == "lens":  # the lens reads lens_logits only
+        return capture(bridge, tokens, mask, names=[f"blocks.{l}.hook_resid_post" for l in range(n_layers)],
+                       logit_positions=None)
+    # the in-context loss reads the logits that predict the repeated half (analyses/circuits.py)
     return capture(bridge, tokens, mask, names=[f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)],
-                   lens=False)
+                   lens=False, logit_positions=slice(INDUCTION_HALF + 1, 2 * INDUCTION_HALF))
 
 
 @dataclass(frozen=True, order=True)

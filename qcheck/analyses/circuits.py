@@ -87,19 +87,23 @@ def apply_rule(rule: Rule, fp: Float[Tensor, "layer head_index"],
     return RuleOutcome(rule, detect, survive, tuple(detected), tuple(survived))
 
 
-def repeated_half_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
-                       half: int) -> Float[Tensor, "batch"]:
+def repeated_half_loss(logits: Float[Tensor, "batch logit_pos d_vocab"], tokens: Int[Tensor, "batch pos"],
+                       half: int, start: int = 0) -> Float[Tensor, "batch"]:
     """Mean next-token cross-entropy in nats/token per sequence over the inducible tokens.
 
     In [BOS, A, A] (positions 0, 1..half, half+1..2·half) the second copy's first token (position
     half+1) cannot be predicted: what came before it (A's last token) was never followed by it.
     Every later one can be copied: the token at p ∈ [half+2, 2·half] is predicted by the logits
     at p − 1 ∈ [half+1, 2·half−1], whose token occurred before at p − 1 − half, followed by it.
+    `logits` hold positions start, start + 1, ... (a capture keeps only that window).
     """
+    if start > half + 1 or start + logits.shape[1] < 2 * half:
+        raise ValueError(f"logits of positions {start}..{start + logits.shape[1] - 1} do not cover "
+                         f"{half + 1}..{2 * half - 1}, the positions that predict the repeated half")
     if tokens.shape[1] < 2 * half + 1:
         raise ValueError(f"sequences of length {tokens.shape[1]} are shorter than "
                          f"1 + 2·half = {2 * half + 1}")
-    pred = logits[:, half + 1: 2 * half].float()    # (batch, half - 1, d_vocab)
+    pred = logits[:, half + 1 - start: 2 * half - start].float()    # (batch, half - 1, d_vocab)
     target = tokens[:, half + 2: 2 * half + 1]      # (batch, half - 1)
     ce = F.cross_entropy(pred.transpose(1, 2), target, reduction="none")  # (batch, half - 1)
     return ce.double().mean(dim=1)
@@ -178,13 +182,15 @@ class InductionResult:
 @torch.no_grad()
 def compare_induction(fp_patterns: Sequence[Float[Tensor, "batch head_index query_pos key_pos"]],
                       quant_patterns: Sequence[Float[Tensor, "batch head_index query_pos key_pos"]],
-                      fp_logits: Float[Tensor, "batch pos d_vocab"],
-                      quant_logits: Float[Tensor, "batch pos d_vocab"],
-                      tokens: Int[Tensor, "batch pos"], half: int, rule: str = "fixed") -> InductionResult:
+                      fp_logits: Float[Tensor, "batch logit_pos d_vocab"],
+                      quant_logits: Float[Tensor, "batch logit_pos d_vocab"],
+                      tokens: Int[Tensor, "batch pos"], half: int, rule: str = "fixed",
+                      logit_start: int = 0) -> InductionResult:
     """Induction heads and in-context loss of FP vs quantized on [BOS, A, A] sequences (no padding).
 
     `fp_patterns[l]` is `blocks.{l}.attn.hook_pattern`; `rule` ("fixed" or "relative") selects
     which outcome `failures` judges (pass Thresholds.induction_rule); both are always computed.
+    The logits hold positions logit_start, logit_start + 1, ... (at least half+1 .. 2·half−1).
     """
     if rule not in RULES:
         raise ValueError(f"induction rule {rule!r}: expected one of {RULES}")
@@ -197,8 +203,8 @@ def compare_induction(fp_patterns: Sequence[Float[Tensor, "batch head_index quer
         scores_quant=tuple(tuple(row) for row in quant.tolist()),
         rule=rule, fixed=apply_rule("fixed", fp, quant), relative=apply_rule("relative", fp, quant),
         correlation=float(metrics.pearson(fp.flatten(), quant.flatten())),
-        icl_loss_fp=float(repeated_half_loss(fp_logits, tokens, half).mean()),
-        icl_loss_quant=float(repeated_half_loss(quant_logits, tokens, half).mean()),
+        icl_loss_fp=float(repeated_half_loss(fp_logits, tokens, half, logit_start).mean()),
+        icl_loss_quant=float(repeated_half_loss(quant_logits, tokens, half, logit_start).mean()),
         n_sequences=len(tokens), half=half)
 
 
@@ -211,7 +217,8 @@ def compare_induction_captures(fp: Capture, quant: Capture, half: int,
         raise ValueError("the induction set must not be padded")
     names = layer_names(fp, "attn.hook_pattern")
     return compare_induction([fp.acts[n] for n in names], [quant.acts[n] for n in names],
-                             fp.logits, quant.logits, fp.tokens, half, rule)
+                             fp.logits_from(half + 1, 2 * half), quant.logits_from(half + 1, 2 * half),
+                             fp.tokens, half, rule, logit_start=half + 1)
 
 
 # --- the analysis ---------------------------------------------------------------------------

@@ -104,9 +104,11 @@ def compare_outputs(fp: Capture, quant: Capture, *, seed: int = BOOTSTRAP_SEED) 
     `seed` seeds the bootstrap interval of the loss increase (1000 resamples, 95%).
     """
     check_same_inputs(fp, quant)
-    a, b = fp.logits[fp.mask], quant.logits[fp.mask]  # (n_real, d_vocab)
-    loss_fp = next_token_losses(fp.logits, fp.tokens, fp.mask)
-    loss_quant = next_token_losses(quant.logits, fp.tokens, fp.mask)
+    width = fp.tokens.shape[1]
+    fp_logits, quant_logits = fp.logits_from(0, width), quant.logits_from(0, width)  # every position
+    a, b = fp_logits[fp.mask], quant_logits[fp.mask]  # (n_real, d_vocab)
+    loss_fp = next_token_losses(fp_logits, fp.tokens, fp.mask)
+    loss_quant = next_token_losses(quant_logits, fp.tokens, fp.mask)
     if len(loss_fp) == 0:
         raise ValueError("no prompt has two real tokens: nothing to predict")
     return FidelityResult(kl=float(metrics.kl_from_logits(a, b).mean()),

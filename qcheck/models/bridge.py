@@ -1,7 +1,8 @@
 """HF module <-> TransformerBridge.
 
-Wrapping rewrites the HF module tree in place (docs/notes/ecosystem.md), so `wrap` always wraps a deep
-copy: the caller's module stays a plain HF model that quantizers can copy and edit. FP and
+Wrapping rewrites the HF module tree in place (docs/notes/ecosystem.md), so `wrap` wraps a deep copy
+unless the caller gives the module up (`copy_model=False`, for a quantized copy nobody else reads):
+the FP model stays a plain HF model that quantizers can copy and edit. FP and
 quantized models are wrapped the same way (no compatibility mode, no LayerNorm folding), so their
 residual streams are comparable.
 """
@@ -14,11 +15,12 @@ import torch
 from torch import Tensor
 
 
-def wrap(hf_model: torch.nn.Module):
-    """A read-only TransformerBridge around a deep copy of `hf_model` (eval mode)."""
+def wrap(hf_model: torch.nn.Module, *, copy_model: bool = True):
+    """A read-only TransformerBridge (eval mode) around a deep copy of `hf_model`, or around
+    `hf_model` itself with copy_model=False (it is rewritten: read it only through the bridge)."""
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
-    module = copy.deepcopy(hf_model).eval()
+    module = (copy.deepcopy(hf_model) if copy_model else hf_model).eval()
     bridge = build_bridge_from_module(module, type(module).__name__, hf_config=module.config)
     bridge.eval()
     for parameter in bridge.parameters():

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from qcheck.report.certificate import failed_lines
 from qcheck.report.merge import merge
-from qcheck.report.results import dumps, entry_for_pair, entry_for_test, environment, outcome_of
+from qcheck.report.results import dumps, entry_for_test, environment, outcome_of
 from qcheck.report.table import pair_table, scaling_table, to_text
 from qcheck.report.write import check_directory, write_report
 
@@ -70,7 +70,7 @@ class ReportRun:
         tests, recorded = [], set()
         for case, analysis, nodeid, result in session.results:
             if case.id not in pairs:
-                pairs[case.id] = entry_for_pair(session.pair(case), worker)  # memoized: no rebuild
+                pairs[case.id] = session.pair_entry(case, worker)
             tests.append(self._test(session, nodeid, case, analysis, result))
             recorded.add(nodeid)
         for nodeid, seen in self._observed.items():

@@ -87,11 +87,14 @@ def fp_bridge(fp_model, qcheck_session: QcheckSession):
 
 @pytest.fixture(scope="session")
 def pair(request: pytest.FixtureRequest, qcheck_session: QcheckSession):
-    """FP and quantized bridges for one (model, quantizer) case, built once per worker."""
+    """FP and quantized bridges for one (model, quantizer) case, built once per worker and
+    released after its tests (pytest finishes it before it builds the next case's)."""
     try:
-        return qcheck_session.pair(request.param)
+        built = qcheck_session.pair(request.param)
     except CacheWriteError as error:  # one line naming the directory and the fix, no traceback
         pytest.fail(str(error), pytrace=False)
+    yield built
+    qcheck_session.release(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,9 @@ minute says what it is waiting for:
     qcheck: zoo-gpt2-3l96-gptq-w4: quantize ... 41.2 s (computed)
 
 Where it goes (decided once, by `terminal_progress`): pytest's terminal reporter, with output
-capture suspended as pytest's own live logging does, at verbosity >= 0. It is silent under `-q`,
-when the CI environment variable is set, under `-p no:terminal`, and in xdist workers (a worker's
+capture suspended as pytest's own live logging does, also under `-q` (a minute of silence is what
+a `-q` run of a large model would otherwise show). It is silent under `-qq`, when the CI
+environment variable is set (results.json records the times instead), under `-p no:terminal`, and in xdist workers (a worker's
 output never reaches the terminal; xdist's own progress shows there). A line is begun after
 `ensure_newline`, so pytest's next result starts its own line with its file name.
 
@@ -62,7 +63,7 @@ class Progress:
 def terminal_progress(config) -> Progress:
     """Progress on pytest's terminal, or a silent one (see the module docstring for when)."""
     if (hasattr(config, "workerinput") or os.environ.get("CI")
-            or config.get_verbosity() < 0):
+            or config.get_verbosity() < -1):
         return Progress()
     plugins = config.pluginmanager
 

@@ -40,6 +40,7 @@ class QcheckSession:
     require_baselines: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
     results: list = field(default_factory=list, repr=False)
+    _pair_entries: dict = field(default_factory=dict, repr=False)
     # Long steps report here (quantization with its calibration, the SAE basis); the plugin sets a
     # terminal one (qcheck/suite/progress.py), silent by default.
     progress: Progress = field(default_factory=Progress, repr=False)
@@ -113,7 +114,12 @@ class QcheckSession:
         return self.overrides.for_model(base, model)
 
     def record(self, pair, analysis: str, nodeid: str, result) -> None:
-        """Keep a result for the report layer: (case, analysis, test id, result)."""
+        """Keep a result for the report layer: (case, analysis, test id, result), and what the
+        report says of its pair (the pair itself is released after its tests)."""
+        from qcheck.report.results import entry_for_pair
+
+        if pair.case not in self._pair_entries:
+            self._pair_entries[pair.case] = entry_for_pair(pair, worker="")
         self.results.append((pair.case, analysis, nodeid, result))
 
     # --- built once per worker ------------------------------------------------------------
@@ -180,10 +186,26 @@ class QcheckSession:
 
         def build():
             quantized = self.quantized(case)
+            quantized.quantized_digest  # before the bridge rewrites the module's state dict
+            # The quantized copy is the pair's own: wrap it in place, not a second copy of it.
             return Pair(case=case, fp=self.model(case.model), quant=quantized,
-                        fp_bridge=self.fp_bridge(case.model), quant_bridge=wrap(quantized.model),
+                        fp_bridge=self.fp_bridge(case.model), quant_bridge=wrap(quantized.model, copy_model=False),
                         fp_capture=lambda prompt_set: self.fp_capture(case.model, prompt_set))
         return self._once(("pair", case), build)
+
+    def release(self, case: Case) -> None:
+        """Drop a pair's quantized model, bridge and captures (its tests are done; pytest tears the
+        session-scoped pair down before it builds the next one), so a run holds one at a time."""
+        import gc
+
+        self._memo.pop(("pair", case), None)
+        self._memo.pop(("quantized", case), None)
+        gc.collect()
+
+    def pair_entry(self, case: Case, worker: str) -> dict:
+        """What the report says of a pair (qcheck/report/results.py), kept when it was recorded."""
+        entry = self._pair_entries[case]
+        return {**entry, "builds": [{**build, "worker": worker} for build in entry["builds"]]}
 
 
 def _pyproject_table(path: Path) -> dict[str, Any]:

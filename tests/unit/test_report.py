@@ -237,7 +237,7 @@ def test_progress_completes_its_line_with_the_time_and_outcome():
     assert written[3].startswith(" failed after")
 
 
-def test_progress_is_silent_by_default_under_q_in_ci_and_in_workers(monkeypatch):
+def test_progress_shows_under_q_and_is_silent_under_qq_in_ci_and_in_workers(monkeypatch):
     with Progress().step("nothing") as step:
         step.outcome = "quiet"
 
@@ -245,7 +245,8 @@ def test_progress_is_silent_by_default_under_q_in_ci_and_in_workers(monkeypatch)
         return SimpleNamespace(get_verbosity=lambda: verbosity, pluginmanager=None, **extra)
 
     monkeypatch.delenv("CI", raising=False)
-    assert terminal_progress(config(-1)).silent
+    assert not terminal_progress(config(-1)).silent  # -q: a silent minute is what -q users hit
+    assert terminal_progress(config(-2)).silent
     assert terminal_progress(config(0, workerinput={"workerid": "gw0"})).silent
     monkeypatch.setenv("CI", "true")
     assert terminal_progress(config(0)).silent

@@ -121,3 +121,14 @@ def test_two_runs_into_one_directory_do_not_mix(suite):
     assert not (suite.path / "out" / f"{MODEL}-rtn-w4").exists()
     assert len(results["run"]["notes"]) == 1 and results["run"]["notes"][0].startswith("replaced the report")
     result.stdout.fnmatch_lines(["replaced the report of the run finished * in out"])
+
+
+def test_each_pair_is_released_after_its_tests_and_still_reported(suite, monkeypatch):
+    released = []
+    original = QcheckSession.release
+    monkeypatch.setattr(QcheckSession, "release",
+                        lambda self, case: released.append(case.id) or original(self, case))
+    suite.runpytest(*ARGS, "--qcheck-report", "out").assert_outcomes(passed=1, failed=1)
+    assert sorted(released) == sorted([f"{MODEL}-rtn-w4", f"{MODEL}-gptq-w4"])
+    results = json.loads((suite.path / "out" / "results.json").read_text())
+    assert sorted(p["id"] for p in results["pairs"]) == sorted(released)
