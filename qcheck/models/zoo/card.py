@@ -19,8 +19,8 @@ def render_markdown(card: dict) -> str:
         f"# {card['name']}",
         "",
         f"{card['architecture']}, {card['parameters']:,} parameters: {recipe['n_layers']} layers, "
-        f"d_model {recipe['d_model']}, {recipe['n_heads']} heads, context {recipe['window']}, "
-        f"byte vocabulary (256, BOS = 0).",
+        f"d_model {recipe['d_model']}, {recipe['n_heads']} heads{_kv_heads(recipe)}, context {recipe['window']}, "
+        f"byte vocabulary (256, BOS = 0).{_llama_notes(recipe)}",
         "",
         "| | |",
         "|---|---|",
@@ -38,6 +38,20 @@ def render_markdown(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _kv_heads(recipe: dict) -> str:
+    """Grouped-query attention: query heads share key/value heads (cards before it have no field)."""
+    n_kv = recipe.get("n_kv_heads") or recipe["n_heads"]
+    return f" sharing {n_kv} key/value heads (grouped-query attention)" if n_kv != recipe["n_heads"] else ""
+
+
+def _llama_notes(recipe: dict) -> str:
+    if recipe["family"] != "llama":
+        return ""
+    d_mlp = recipe.get("d_mlp") or 4 * recipe["d_model"]
+    return (f" RMSNorm, SwiGLU MLP of width {d_mlp}, rotary positions on every dimension of each "
+            f"head, no biases, untied embeddings.")
 
 
 def zoo_table(names: list[str]) -> str:
