@@ -46,6 +46,11 @@ def _kv_heads(recipe: dict) -> str:
     return f" sharing {n_kv} key/value heads (grouped-query attention)" if n_kv != recipe["n_heads"] else ""
 
 
+def _kv_column(recipe: dict) -> str:
+    n_kv = recipe.get("n_kv_heads") or recipe["n_heads"]
+    return f" ({n_kv} key/value heads)" if n_kv != recipe["n_heads"] else ""
+
+
 def _llama_notes(recipe: dict) -> str:
     if recipe["family"] != "llama":
         return ""
@@ -63,7 +68,7 @@ def zoo_table(names: list[str]) -> str:
         card, recipe = read_card(name), read_card(name)["recipe"]
         heads = lambda found: ", ".join(f"{k} {v:.2f}" for k, v in found.items())
         rows.append(f"| `{name}` | {recipe['family']} | {card['parameters']:,} | {recipe['n_layers']} x "
-                    f"{recipe['d_model']} x {recipe['n_heads']} | {recipe['window']} | {recipe['steps']:,} "
+                    f"{recipe['d_model']} x {recipe['n_heads']}{_kv_column(recipe)} | {recipe['window']} | {recipe['steps']:,} "
                     f"steps, {card['training_seconds']:.0f} s | {card['held_out_loss_nats_per_byte']:.3f} | "
                     f"{heads(card['induction_heads'])} | {heads(card['previous_token_heads'])} |")
     return "\n".join(rows)
