@@ -4,6 +4,9 @@ Reruns on 2 CPU cores, from the repository root:
 
     python tools/zoo/train.py zoo-gpt2-2l48 [--threads 1] [--out DIR]
 
+Families: GPT-2 (GPT2LMHeadModel), Pythia (GPTNeoXForCausalLM) and Llama (LlamaForCausalLM, with
+grouped-query attention: `n_kv_heads` < `n_heads`).
+
 Data (see corpus.py): byte tokens; each training sequence is BOS followed by, with probability
 0.1 / 0.1 / 0.8, plain text, a text chunk of 8-63 bytes repeated to fill the window, or a chunk of
 8-63 random bytes (1..255) repeated to fill the window. The repeats are what make induction and
@@ -71,7 +74,8 @@ RECIPES = {r.name: r for r in [
     Recipe("zoo-pythia-3l96", "pythia", n_layers=3, d_model=96, n_heads=4, lr=3e-3, steps=3000),
     # Llama: the modern decoder (RMSNorm, SwiGLU, rotary on all 16 dims of each head, no biases)
     # with grouped-query attention, 4 query heads sharing 2 key/value heads. Pythia's lr 3e-3 and
-    # 3,000 steps (rotary too, window 128). SwiGLU width 128 = 2 x d_model: its three matrices
+    # 3,000 steps (rotary too, window 128) formed its heads before step 1,000 on the first try
+    # (docs/notes/zoo.md). SwiGLU width 128 = 2 x d_model: its three matrices
     # hold 6 d_model^2 weights, about the 8 d_model^2 of a 4x GELU MLP. Untied embeddings, as
     # Pythia's (and Llama 2's).
     Recipe("zoo-llama-2l64", "llama", n_layers=2, d_model=64, n_heads=4, lr=3e-3, steps=3000,
