@@ -15,14 +15,14 @@ import torch
 # ("A type extension ... already defined").
 import transformer_lens  # noqa: F401
 
-from helpers import build_tiny, skip_gpu_tests_without_cuda
+from helpers import TINY_FAMILIES, build_tiny, skip_gpu_tests_without_cuda
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_gpu_tests_without_cuda(items)
 
 
-@pytest.fixture(scope="session", params=["gpt2", "neox"])
+@pytest.fixture(scope="session", params=TINY_FAMILIES)
 def tiny_model(request) -> torch.nn.Module:
     """Each tiny model in turn (read-only)."""
     return build_tiny(request.param)

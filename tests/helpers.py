@@ -2,9 +2,12 @@
 tests/, the folder of tests/conftest.py, on sys.path). The fixtures stay in the conftests and
 delegate here; nothing imports a conftest as a module.
 
-- `build_tiny(family)`: a tiny random-init HF model, no file, no download, < 1 s to build. Both
-  architecture families of the zoo (GPT-2: Conv1D weights [in, out], sequential residual;
-  GPT-NeoX: nn.Linear, rotary, parallel residual) at vocab 256, 2 layers, d_model 32, context 64.
+- `build_tiny(family)`: a tiny random-init HF model, no file, no download, < 1 s to build. The
+  architecture families qcheck knows (GPT-2: Conv1D weights [in, out], sequential residual;
+  GPT-NeoX: nn.Linear, rotary, parallel residual; Llama: separate q/k/v/o, SwiGLU gate/up/down,
+  RMSNorm, rotary, grouped-query attention with 4 query heads on 2 key/value heads; Qwen2: Llama's
+  layout plus q/k/v biases) at vocab 256, 2 layers, d_model 32 (Llama and Qwen2: 64), context 64. `TINY_FAMILIES` lists
+  them; `LINEARS_PER_BLOCK` is how many linears each quantizes per block.
 - `skip_gpu_tests_without_cuda(items)`: tests marked `gpu` are skipped with the reason (torch's
   build, no device) where torch sees no CUDA, so `pytest -m gpu` on a CPU machine reports skips,
   never errors. The body of tests/conftest.py's collection hook.
@@ -22,20 +25,39 @@ import torch
 from qcheck.suite.options import cuda_unavailable_reason
 
 
+TINY_FAMILIES = ("gpt2", "neox", "llama", "qwen2")
+# GPT-2 (c_attn, c_proj, c_fc, c_proj) and NeoX (query_key_value, dense, dense_h_to_4h,
+# dense_4h_to_h) fuse QKV; Llama and Qwen2 have q, k, v, o, gate, up, down.
+LINEARS_PER_BLOCK = {"gpt2": 4, "neox": 4, "llama": 7, "qwen2": 7}
+
+
 def build_tiny(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
-    """A tiny model of one family ("gpt2" or "neox"); `overrides` change its config."""
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+    """A tiny model of one family (one of TINY_FAMILIES); `overrides` change its config."""
+    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
+                              LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
     torch.manual_seed(seed)
     common = dict(vocab_size=256, bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    # Llama-like: 2 key/value heads for 4 query heads (grouped-query attention), d_head 16, so
+    # k_proj and v_proj have 32 output rows: the GPTQ format packs 3-bit zero points 32 rows at
+    # a time (qcheck/quantize/packing.py), and at d_model 32 they would have 16. SwiGLU width 96
+    # (neither d_model nor 4 d_model, so a transposed weight shows as a shape error).
+    modern = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=96, max_position_embeddings=64, tie_word_embeddings=False)
     if family == "gpt2":
         config = GPT2Config(**{**dict(n_layer=2, n_embd=32, n_head=4, n_positions=64), **common, **overrides})
         model = GPT2LMHeadModel(config)
-    else:
+    elif family == "neox":
         config = GPTNeoXConfig(**{**dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                                          intermediate_size=128, max_position_embeddings=64, rotary_pct=0.5,
                                          tie_word_embeddings=False), **common, **overrides})
         model = GPTNeoXForCausalLM(config)
+    elif family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**{**modern, **common, **overrides}))
+    elif family == "qwen2":  # q/k/v carry biases (o_proj and the MLP do not)
+        model = Qwen2ForCausalLM(Qwen2Config(**{**modern, **common, **overrides}))
+    else:
+        raise ValueError(f"build_tiny: unknown family {family!r}; expected one of {TINY_FAMILIES}")
     with torch.no_grad():  # non-trivial biases and norms, so "left untouched" can be told apart
         for name, p in model.named_parameters():
             if name.endswith("bias") or "ln" in name or "norm" in name:

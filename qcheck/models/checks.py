@@ -8,7 +8,8 @@ certificate measured against garbage.
   overwritten file fails here).
 - `check_config_fits(config, ...)` (before loading): a config that describes more parameters than
   the files hold is refused before anything is allocated (transformers would randomly initialise
-  the rest, or run out of memory building a model the weights never described).
+  the rest, or run out of memory building a model the weights never described). For grouped-query
+  models the refusal says how many key/value heads the weights hold (`kv_heads_hint`).
 - `check_loading_info` (after loading): no missing, unexpected or misshapen tensor.
 - `check_finite` (after loading): no NaN/Inf in the FP weights.
 
@@ -81,13 +82,37 @@ def check_config_fits(config, directory: Path, where: str) -> None:
     needed = sum(p.numel() for p in skeleton.parameters())
     if needed > stored:
         raise ModelNotAvailable(f"{where}: config.json does not match the weights: it describes a model "
-                                f"of {needed:,} parameters, the safetensors files hold {stored:,} values. "
-                                f"The config belongs to another model; {SAVE_FIX}")
+                                f"of {needed:,} parameters, the safetensors files hold {stored:,} values"
+                                f"{kv_heads_hint(config, directory)}. The config belongs to another model; {SAVE_FIX}")
 
 
-def check_loading_info(info: dict, where: str) -> None:
+def kv_heads_hint(config, directory: Path) -> str:
+    """Grouped-query attention (Llama, Qwen2): k_proj has num_key_value_heads x head_dim rows, a
+    count configs get wrong when copied between sizes; say which count the weights hold."""
+    from safetensors import safe_open
+
+    n_kv = getattr(config, "num_key_value_heads", None)
+    n_heads = getattr(config, "num_attention_heads", None)
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // n_heads if n_heads else None)
+    if not n_kv or not head_dim:
+        return ""
+    for file in weight_files(directory):
+        with safe_open(str(file), framework="pt") as f:
+            name = next((k for k in f.keys() if k.endswith("self_attn.k_proj.weight")), None)
+            if name is None:
+                continue
+            rows = f.get_slice(name).get_shape()[0]
+            if rows % head_dim or rows // head_dim == n_kv:
+                return ""
+            return (f" (grouped-query attention: {name} has {rows} rows of head_dim {head_dim}, i.e. "
+                    f"{rows // head_dim} key/value heads, but config.json says num_key_value_heads={n_kv})")
+    return ""
+
+
+def check_loading_info(info: dict, where: str, hint: str = "") -> None:
     """transformers' loading report: any missing, unexpected or misshapen tensor is a refusal
-    (missing ones would be randomly initialised, misshapen ones re-initialised)."""
+    (missing ones would be randomly initialised, misshapen ones re-initialised). `hint` (e.g.
+    kv_heads_hint) is appended to a misshapen-tensor refusal."""
     problems = []
     for key, what in (("missing_keys", "missing from the weights (would be random)"),
                       ("unexpected_keys", "in the weights but not in the config's model")):
@@ -97,7 +122,8 @@ def check_loading_info(info: dict, where: str) -> None:
     mismatched = sorted(info.get("mismatched_keys") or ())
     if mismatched:
         shown = [f"{name} {list(stored)} vs {list(expected)}" for name, stored, expected in mismatched]
-        problems.append(f"{len(shown)} tensor(s) whose stored shape differs from the config's: {_listing(shown)}")
+        problems.append(f"{len(shown)} tensor(s) whose stored shape differs from the config's: {_listing(shown)}"
+                        f"{hint}")
     if problems:
         raise ModelNotAvailable(f"{where}: config.json does not match the weights: {'; '.join(problems)}; "
                                 f"{SAVE_FIX}")

@@ -78,6 +78,7 @@ def load_hf_model(spec: ModelSpec, *, device: str = "cpu"):
                                 f"It needs config.json and model.safetensors (pickled .bin "
                                 f"weights are refused); rewrite it with "
                                 f"`model.save_pretrained(DIR, safe_serialization=True)`") from None
-    checks.check_loading_info(info, where)
+    hint = checks.kv_heads_hint(model.config, Path(spec.location)) if spec.kind != "hub" else ""
+    checks.check_loading_info(info, where, hint)
     checks.check_finite(model, where)
     return model.float().to(device).eval()

@@ -4,10 +4,12 @@ Which weights: every linear map inside the transformer blocks (linears.py).
 
 GPTQ runs layer by layer (Frantar et al. 2022, 4 "Setup"; reference opt.py `opt_sequential`):
 the inputs of block 0 are captured once per calibration batch (with the keyword arguments the
-model passes its blocks: masks, NeoX's rotary position_embeddings), and block l's inputs are
+model passes its blocks: masks, position ids, the rotary `position_embeddings` (cos, sin) that
+NeoX, Llama and Qwen2 compute once per forward in transformers 5), and block l's inputs are
 block l − 1's outputs *after* it was quantized. With true_sequential, a block's linears are
 quantized in execution order, one input-sharing group at a time ((qkv), (attn out), (mlp in),
-(mlp out)), and the Hessians are recollected after each group.
+(mlp out); Llama/Qwen2: (q, k, v), (o), (gate, up), (down)), and the Hessians are recollected
+after each group.
 """
 
 from __future__ import annotations
@@ -196,7 +198,8 @@ def input_groups(block: nn.Module, linears: dict[str, nn.Module], first: BlockIn
     """The linears grouped by the input tensor they share, in execution order (true-sequential).
 
     Found by running the block once: GPT-2 and NeoX give [[qkv], [attn out], [mlp in], [mlp out]];
-    separate q/k/v projections of one input form one group.
+    separate q/k/v projections of one input form one group, as do SwiGLU's gate and up (Llama,
+    Qwen2: [[q, k, v], [o], [gate, up], [down]]).
     """
     seen: list[tuple[str, Tensor]] = []  # tensors stay referenced, so `is` comparisons are sound
     handles = [m.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0])))

@@ -2,9 +2,12 @@
 
 The quantized weights are every linear map inside the transformer blocks (GPT-2: attn.c_attn,
 attn.c_proj, mlp.c_fc, mlp.c_proj, transformers' Conv1D; GPT-NeoX: attention.query_key_value,
-attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h, nn.Linear), found generically as every
-nn.Linear / Conv1D in the block list. Never embeddings, unembedding, norms or biases (the study).
+attention.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h, nn.Linear; Llama and Qwen2:
+self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, nn.Linear, k/v with num_key_value_heads x
+head_dim rows), found generically as every nn.Linear / Conv1D in the block list (a block holds no
+other linear: the rotary embedding lives beside the blocks, `model.rotary_emb`). Never embeddings, unembedding, norms or biases (the study).
 Rows are read and written in the nn.Linear layout (d_out, d_in) whatever the module stores.
+tests/unit/test_apply.py checks the list and the true-sequential groups for every family.
 """
 
 from __future__ import annotations

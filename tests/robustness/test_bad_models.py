@@ -162,3 +162,36 @@ def test_nan_in_a_model_handed_to_the_quantizer_is_refused(tiny_gpt2_lm, calibra
         with pytest.raises(ValueError, match=rf"^{quant}: transformer\.h\.0\.attn\.c_proj\.weight holds 1 NaN/Inf "
                                              r"value\(s\) in the FP model; nothing can be certified against it"):
             quantize_model(broken, parse_quant_spec(quant), calibration_tokens)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("kv_heads, expected", [
+    (4, "it describes a model of {needed} parameters, the safetensors files hold {stored} values (grouped-query "
+        "attention: model.layers.0.self_attn.k_proj.weight has 32 rows of head_dim 16, i.e. 2 key/value heads, "
+        "but config.json says num_key_value_heads=4). The config belongs to another model"),
+    (1, "tensor(s) whose stored shape differs from the config's: {first} [32, 64] vs [16, 64]"),
+])
+def test_config_with_the_wrong_key_value_head_count_is_refused(family, kv_heads, expected, tmp_path, tree):
+    """Grouped-query attention: k_proj/v_proj hold num_key_value_heads x head_dim rows. A config
+    claiming more heads than the weights hold is refused before loading, one claiming fewer after
+    (transformers would re-initialise k/v); both say how many heads the weights hold."""
+    from helpers import build_tiny
+
+    directory = tmp_path / "my-model"
+    build_tiny(family).save_pretrained(directory)
+    config = json.loads((directory / "config.json").read_text())
+    load_model(str(directory))  # the control: the intact directory loads
+    config["num_key_value_heads"] = kv_heads
+    (directory / "config.json").write_text(json.dumps(config))
+    before = tree(directory)
+    with pytest.raises(ModelNotAvailable) as error:
+        load_model(str(directory))
+    stored = {"llama": "94,528", "qwen2": "94,784"}[family]
+    needed = {"llama": "102,720", "qwen2": "103,104"}[family]
+    first = {"llama": "model.layers.0.self_attn.k_proj.weight", "qwen2": "model.layers.0.self_attn.k_proj.bias [32] vs "
+             "[16], model.layers.0.self_attn.k_proj.weight"}[family]
+    message = str(error.value)
+    assert message.startswith(f"model directory '{directory}': config.json does not match the weights: ")
+    assert expected.format(needed=needed, stored=stored, first=first) in message
+    assert f"i.e. 2 key/value heads, but config.json says num_key_value_heads={kv_heads})" in message
+    assert tree(directory) == before

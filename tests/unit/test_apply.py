@@ -1,4 +1,4 @@
-"""quantize_model on tiny GPT-2 / GPT-NeoX models: what changes, what does not, and which inputs
+"""quantize_model on tiny GPT-2 / GPT-NeoX / Llama / Qwen2 models: what changes, what does not, and which inputs
 each layer was calibrated on."""
 
 from __future__ import annotations
@@ -16,9 +16,23 @@ from qcheck.quantize.linears import block_linears, find_blocks, get_rows, named_
 from qcheck.quantize.rtn import rtn
 from qcheck.quantize.spec import parse_quant_spec
 
+# True-sequential groups per block path (Llama and Qwen2 share `model.layers`): q/k/v read one
+# input, as do SwiGLU's gate and up; the attention output and the MLP output come after.
 GROUPS = {"transformer.h": [["attn.c_attn"], ["attn.c_proj"], ["mlp.c_fc"], ["mlp.c_proj"]],
           "gpt_neox.layers": [["attention.query_key_value"], ["attention.dense"], ["mlp.dense_h_to_4h"],
-                              ["mlp.dense_4h_to_h"]]}
+                              ["mlp.dense_4h_to_h"]],
+          "model.layers": [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                           ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]}
+PER_BLOCK = {path: sum(map(len, groups)) for path, groups in GROUPS.items()}
+# Report indices (2 blocks, module order) of the linears whose inputs pass through a quantized
+# linear: block 0's attention output and MLP (not NeoX's parallel MLP, which reads the block
+# input), and everything in block 1.
+DOWNSTREAM = {"transformer.h": [1, 2, 3, 4, 5, 6, 7], "gpt_neox.layers": [1, 3, 4, 5, 6, 7],
+              "model.layers": [3, 4, 5, 6, *range(7, 14)]}
+
+
+def _per_block(model) -> int:
+    return PER_BLOCK[find_blocks(model)[0]]
 
 
 def _linear_weight_names(model) -> set[str]:
@@ -30,7 +44,7 @@ def test_only_block_linear_weights_change(tiny_model, calibration_tokens, quant)
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     quantized, report = quantize_model(tiny_model, parse_quant_spec(quant), calibration_tokens)
     targets = _linear_weight_names(tiny_model)
-    assert len(targets) == 8  # 2 layers x (qkv, attn out, mlp in, mlp out)
+    assert len(targets) == 2 * _per_block(tiny_model)  # 2 layers x (qkv, attn out, mlp in, mlp out)
     after = quantized.state_dict()
     for name, value in before.items():
         if name in targets:
@@ -65,7 +79,7 @@ def test_rtn_needs_no_calibration_and_gptq_does(tiny_gpt2_lm):
 
 def test_report_of_gptq(tiny_model, calibration_tokens):
     _, report = quantize_model(tiny_model, parse_quant_spec("gptq-w4"), calibration_tokens)
-    assert len(report.layers) == 8 and report.seconds > 0 and report.damp_retries == 0
+    assert len(report.layers) == 2 * _per_block(tiny_model) and report.seconds > 0 and report.damp_retries == 0
     for layer in report.layers:
         assert 0 < layer.output_rel_error < 1 and layer.damp == 0.01
     assert type(report).from_dict(report.to_dict()) == report
@@ -118,13 +132,12 @@ def test_each_layer_is_calibrated_through_the_quantized_layers_before_it(tiny_mo
     quantized, _ = quantize_model(tiny_model, parse_quant_spec("gptq-w3"), calibration_tokens)
     through_quantized = _input_hessians(quantized, calibration_tokens)
     through_fp = _input_hessians(tiny_model, calibration_tokens)
-    assert len(seen) == 8
+    assert len(seen) == len(through_quantized) == 2 * _per_block(tiny_model)
     for got, want in zip(seen, through_quantized):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * want.abs().max())
     # The check can fail: inputs downstream of a quantized linear differ measurably from the FP
-    # model's (block 0's attention output, everything in block 1; NeoX's parallel MLP in block 0
-    # reads the block input, so it is not downstream of anything).
-    for index in [1, 3, 4, 5, 6, 7]:
+    # model's (DOWNSTREAM).
+    for index in DOWNSTREAM[find_blocks(tiny_model)[0]]:
         fp = through_fp[index]
         assert not torch.allclose(seen[index], fp, rtol=1e-3, atol=1e-3 * fp.abs().max()), index
 
@@ -137,7 +150,8 @@ def test_without_true_sequential_a_block_is_calibrated_in_one_pass(tiny_model, c
     _, q_blocks = find_blocks(quantized)
     _, h_blocks = find_blocks(hybrid)
     h_blocks[0].load_state_dict(q_blocks[0].state_dict())
-    want = _input_hessians(tiny_model, calibration_tokens)[:4] + _input_hessians(hybrid, calibration_tokens)[4:]
+    n = _per_block(tiny_model)
+    want = _input_hessians(tiny_model, calibration_tokens)[:n] + _input_hessians(hybrid, calibration_tokens)[n:]
     for got, expected in zip(seen, want):
         assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * expected.abs().max())
 
@@ -157,4 +171,5 @@ def test_get_rows_is_the_output_row_layout(tiny_model):
     for name, module in block_linears(blocks[0]).items():
         x = torch.randn(3, get_rows(module).shape[1], generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            assert torch.allclose(module(x) - module.bias, x @ get_rows(module).T, atol=1e-6), name
+            bias = 0 if module.bias is None else module.bias  # Llama's linears have none
+            assert torch.allclose(module(x) - bias, x @ get_rows(module).T, atol=1e-6), name

@@ -106,6 +106,23 @@ def test_config_in_config_json_and_format_keys(tiny_gpt2_lm, tmp_path):
 
 # --- refusals -----------------------------------------------------------------------------
 
+def test_a_linear_the_format_cannot_pack_is_refused_before_quantizing(tmp_path, monkeypatch):
+    """Grouped-query attention at d_model 32: k_proj and v_proj have 2 x 8 = 16 rows, and the
+    format packs 3-bit zero points 32 rows a word. Refused before GPTQ runs, naming the linear;
+    4 bits packs the same model."""
+    from qcheck.quantize import apply
+
+    model = build_tiny("llama", hidden_size=32)
+    monkeypatch.setattr(apply, "quantize_weight", lambda *a: pytest.fail("quantized before the refusal"))
+    with pytest.raises(ValueError) as error:
+        export(model, "gptq-w3", tmp_path / "w3", calibration=torch.zeros(2, 8, dtype=torch.long))
+    assert str(error.value).startswith("export_checkpoint(gptq-w3): model.layers.0.self_attn.k_proj (16x32) has "
+                                       "16 output rows: 16 values of 3 bits do not fill whole 32-bit words")
+    assert str(error.value).endswith("the GPTQ format cannot store this linear at 3 bits: export at 4 or 8 bits")
+    monkeypatch.undo()
+    assert (export(model, "rtn-w4", tmp_path / "w4") / WEIGHTS).is_file()
+
+
 @pytest.fixture
 def ckpt(tiny_gpt2_lm, tmp_path) -> Path:
     return export(tiny_gpt2_lm, "rtn-w4-g16", tmp_path / "ckpt")

@@ -25,6 +25,18 @@ def test_zoo_spans_both_families_and_sizes():
     assert len(params["gpt2"]) >= 2 and params["gpt2"][-1] >= 4 * params["gpt2"][0], params
 
 
+def test_zoo_has_a_grouped_query_llama():
+    """A modern decoder (RMSNorm, SwiGLU, rotary) whose query heads share key/value heads."""
+    import json
+
+    from qcheck.models.registry import ZOO_DIR
+
+    configs = [json.loads((ZOO_DIR / name / "config.json").read_text()) for name in ZOO
+               if read_card(name)["architecture"] == "LlamaForCausalLM"]
+    assert any(c["num_key_value_heads"] < c["num_attention_heads"] and c["hidden_act"] == "silu"
+               for c in configs), configs
+
+
 @pytest.mark.parametrize("fp_model", ZOO, indirect=True)
 def test_zoo_model_loads_as_float32_eval(fp_model):
     assert fp_model.spec.kind == "zoo"

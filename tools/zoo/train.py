@@ -4,6 +4,9 @@ Reruns on 2 CPU cores, from the repository root:
 
     python tools/zoo/train.py zoo-gpt2-2l48 [--threads 1] [--out DIR]
 
+Families: GPT-2 (GPT2LMHeadModel), Pythia (GPTNeoXForCausalLM) and Llama (LlamaForCausalLM, with
+grouped-query attention: `n_kv_heads` < `n_heads`).
+
 Data (see corpus.py): byte tokens; each training sequence is BOS followed by, with probability
 0.1 / 0.1 / 0.8, plain text, a text chunk of 8-63 bytes repeated to fill the window, or a chunk of
 8-63 random bytes (1..255) repeated to fill the window. The repeats are what make induction and
@@ -39,7 +42,7 @@ HEAD_THRESHOLD = FIXED_THRESHOLD
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    family: str  # "gpt2" (GPT2LMHeadModel) or "pythia" (GPTNeoXForCausalLM)
+    family: str  # "gpt2" (GPT2LMHeadModel), "pythia" (GPTNeoXForCausalLM) or "llama" (LlamaForCausalLM)
     n_layers: int
     d_model: int
     n_heads: int
@@ -50,6 +53,8 @@ class Recipe:
     warmup: int = 100
     seed: int = 0
     rotary_dims: int = 16  # Pythia only; with 4 rotary dims no previous-token head formed
+    n_kv_heads: int = 0  # Llama only: key/value heads (grouped-query attention); 0 = n_heads
+    d_mlp: int = 0  # Llama only: SwiGLU width (gate/up out, down in); 0 = 4 * d_model
 
 
 RECIPES = {r.name: r for r in [
@@ -67,6 +72,14 @@ RECIPES = {r.name: r for r in [
     Recipe("zoo-pythia-2l32", "pythia", n_layers=2, d_model=32, n_heads=4, lr=3e-3, steps=3000, rotary_dims=8),
     Recipe("zoo-pythia-2l64", "pythia", n_layers=2, d_model=64, n_heads=4, lr=3e-3, steps=3000),
     Recipe("zoo-pythia-3l96", "pythia", n_layers=3, d_model=96, n_heads=4, lr=3e-3, steps=3000),
+    # Llama: the modern decoder (RMSNorm, SwiGLU, rotary on all 16 dims of each head, no biases)
+    # with grouped-query attention, 4 query heads sharing 2 key/value heads. Pythia's lr 3e-3 and
+    # 3,000 steps (rotary too, window 128) formed its heads before step 1,000 on the first try
+    # (docs/notes/zoo.md). SwiGLU width 128 = 2 x d_model: its three matrices
+    # hold 6 d_model^2 weights, about the 8 d_model^2 of a 4x GELU MLP. Untied embeddings, as
+    # Pythia's (and Llama 2's).
+    Recipe("zoo-llama-2l64", "llama", n_layers=2, d_model=64, n_heads=4, lr=3e-3, steps=3000,
+           n_kv_heads=2, d_mlp=128),
 ]}
 
 
@@ -93,8 +106,19 @@ def build_model(recipe: Recipe) -> torch.nn.Module:
                                use_parallel_residual=True, tie_word_embeddings=False, hidden_dropout=0.0,
                                attention_dropout=0.0, attn_implementation="eager", **common)
         model = GPTNeoXForCausalLM(config)
+    elif recipe.family == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(hidden_size=recipe.d_model, num_hidden_layers=recipe.n_layers,
+                             num_attention_heads=recipe.n_heads,
+                             num_key_value_heads=recipe.n_kv_heads or recipe.n_heads,
+                             intermediate_size=recipe.d_mlp or 4 * recipe.d_model,
+                             max_position_embeddings=recipe.window, rope_theta=10000.0,
+                             tie_word_embeddings=False, attention_dropout=0.0, attention_bias=False,
+                             mlp_bias=False, attn_implementation="eager", **common)
+        model = LlamaForCausalLM(config)
     else:
-        raise ValueError(f"unknown family {recipe.family!r}: expected 'gpt2' or 'pythia'")
+        raise ValueError(f"unknown family {recipe.family!r}: expected 'gpt2', 'pythia' or 'llama'")
     return model.float()
 
 

@@ -19,8 +19,8 @@ def render_markdown(card: dict) -> str:
         f"# {card['name']}",
         "",
         f"{card['architecture']}, {card['parameters']:,} parameters: {recipe['n_layers']} layers, "
-        f"d_model {recipe['d_model']}, {recipe['n_heads']} heads, context {recipe['window']}, "
-        f"byte vocabulary (256, BOS = 0).",
+        f"d_model {recipe['d_model']}, {recipe['n_heads']} heads{_kv_heads(recipe)}, context {recipe['window']}, "
+        f"byte vocabulary (256, BOS = 0).{_llama_notes(recipe)}",
         "",
         "| | |",
         "|---|---|",
@@ -40,6 +40,25 @@ def render_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def _kv_heads(recipe: dict) -> str:
+    """Grouped-query attention: query heads share key/value heads (cards before it have no field)."""
+    n_kv = recipe.get("n_kv_heads") or recipe["n_heads"]
+    return f" sharing {n_kv} key/value heads (grouped-query attention)" if n_kv != recipe["n_heads"] else ""
+
+
+def _kv_column(recipe: dict) -> str:
+    n_kv = recipe.get("n_kv_heads") or recipe["n_heads"]
+    return f" ({n_kv} key/value heads)" if n_kv != recipe["n_heads"] else ""
+
+
+def _llama_notes(recipe: dict) -> str:
+    if recipe["family"] != "llama":
+        return ""
+    d_mlp = recipe.get("d_mlp") or 4 * recipe["d_model"]
+    return (f" RMSNorm, SwiGLU MLP of width {d_mlp}, rotary positions on every dimension of each "
+            f"head, no biases, untied embeddings.")
+
+
 def zoo_table(names: list[str]) -> str:
     """The README's table of the zoo, one row per model, from the cards."""
     rows = ["| model | family | parameters | layers x d_model x heads | context | training | "
@@ -49,7 +68,7 @@ def zoo_table(names: list[str]) -> str:
         card, recipe = read_card(name), read_card(name)["recipe"]
         heads = lambda found: ", ".join(f"{k} {v:.2f}" for k, v in found.items())
         rows.append(f"| `{name}` | {recipe['family']} | {card['parameters']:,} | {recipe['n_layers']} x "
-                    f"{recipe['d_model']} x {recipe['n_heads']} | {recipe['window']} | {recipe['steps']:,} "
+                    f"{recipe['d_model']} x {recipe['n_heads']}{_kv_column(recipe)} | {recipe['window']} | {recipe['steps']:,} "
                     f"steps, {card['training_seconds']:.0f} s | {card['held_out_loss_nats_per_byte']:.3f} | "
                     f"{heads(card['induction_heads'])} | {heads(card['previous_token_heads'])} |")
     return "\n".join(rows)

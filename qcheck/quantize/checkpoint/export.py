@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from qcheck.quantize.apply import quantize_model
 from qcheck.quantize.grid import QuantizedWeight
-from qcheck.quantize.linears import named_block_linears
-from qcheck.quantize.packing import SUPPORTED_BITS, ZERO_OFFSET, pack_linear
+from qcheck.quantize.linears import get_rows, named_block_linears
+from qcheck.quantize.packing import SUPPORTED_BITS, ZERO_OFFSET, pack_linear, packed_length
 from qcheck.quantize.spec import QuantSpec
 
 CHECKPOINT_FORMAT = {"v1": "gptq", "v2": "gptq_v2"}  # quantize_config.json `checkpoint_format`
@@ -60,6 +60,18 @@ def export_checkpoint(hf_model: nn.Module, spec: QuantSpec, out_dir: str | Path,
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"export_checkpoint: {out} exists and is not an empty directory")
+    # Before calibration or any quantizer runs: the format packs codes along d_in and zero points
+    # along d_out, 32 bits a word. A grouped-query model's k/v projections have n_kv_heads x d_head
+    # rows, which at 3 bits must be a multiple of 32 (tests/helpers.py sizes its tiny Llama for it).
+    for name, module in named_block_linears(hf_model):
+        d_out, d_in = get_rows(module).shape
+        for what, n in (("input columns", d_in), ("output rows", d_out)):
+            try:
+                packed_length(n, spec.bits)
+            except ValueError as error:
+                raise ValueError(f"export_checkpoint({spec}): {name} ({d_out}x{d_in}) has {n} {what}: {error}; "
+                                 f"the GPTQ format cannot store this linear at {spec.bits} bits: export at "
+                                 f"4 or 8 bits") from None
     weight_digest = weight_digest or model_digest(hf_model)
     calibration = resolve_calibration(hf_model, spec, calibration, weight_digest=weight_digest,
                                       cache_dir=cache_root(cache_dir), tokenizer=tokenizer)
