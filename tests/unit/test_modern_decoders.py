@@ -100,9 +100,10 @@ def test_hook_pattern_is_per_query_head(fp, fp_bridge):
 def test_logit_lens_of_the_last_layer_is_the_models_logits(fp, fp_bridge):
     """The lens applies the bridge's ln_final (here RMSNorm, no centring) and unembedding; at the
     last layer it must give the model's own logits, else every lens KL measures the lens."""
-    lens = capture_prompt_set(fp_bridge, fp, "lens")
+    lens = capture_prompt_set(fp_bridge, fp, "lens")  # keeps lens_logits only, not the final logits
     last = lens.mask.sum(dim=1) - 1
-    final = lens.logits[torch.arange(len(last)), last]
+    with torch.no_grad():
+        final = fp_bridge(lens.tokens).float()[torch.arange(len(last)), last]
     assert torch.allclose(lens.lens_logits[-1], final, atol=1e-4)
     assert not torch.allclose(lens.lens_logits[0], final, atol=1e-2)  # layer 0 is not the output
 
