@@ -82,6 +82,21 @@ def test_certify(pair):
 """
 
 
+# A conftest for pytester suites whose pairs are synthetic (no model loaded): the real
+# `baseline_header` reads the pair's weights and prompts, so it is replaced by a fixed header.
+FIXED_HEADER_CONFTEST = """
+import pytest
+from qcheck.drift import Header
+
+
+@pytest.fixture
+def baseline_header(pair):
+    return Header(model="m", weight_digest="w" * 64, quant="q", calibration_digest=None,
+                  inputs_digest="i" * 64, analysis="circuits", analysis_version=1,
+                  dtype="float32", device="cpu", environment={})
+"""
+
+
 def plugin_suite(pytester: pytest.Pytester, test_source: str = CERTIFY_TEST, *, conftest: str = "",
                  markers: Iterable[str] = ()) -> pytest.Pytester:
     """A pytester project: `conftest` (qcheck's plugin itself comes from its pytest11 entry point),

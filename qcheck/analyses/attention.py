@@ -109,7 +109,7 @@ class AttentionResult:
         if fails_min(self.prev_token_survival, thresholds.min_prev_token_survival):
             lost = [lh for lh in self.prev_token_heads if lh not in self.prev_token_survivors]
             ranked = worst_first(lost, lambda lh: self.prev_token_quant[lh[0]][lh[1]], high_is_bad=False)
-            out.append(Failure("min_prev_token_survival", f"lost previous-token heads "
+            out.append(Failure("min_prev_token_survival", "lost previous-token heads "
                        + listing(f"{head_key(l, h)} {fmt(self.prev_token_fp[l][h])}→"
                                  f"{fmt(self.prev_token_quant[l][h])}" for l, h in ranked)
                        + f" ({len(self.prev_token_survivors)}/{len(self.prev_token_heads)} above "

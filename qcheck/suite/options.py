@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,3 +114,28 @@ def thresholds_from_pyproject(table: dict[str, Any]) -> tuple[Thresholds, dict[s
     for model, values in per_model.items():
         base.updated(values, source=f"pyproject.toml [tool.qcheck.thresholds.{model!r}]")
     return base, per_model
+
+
+DIRECTORY_OPTIONS = ("--qcheck-report", "--qcheck-checkpoint", "--qcheck-cache")
+
+
+def check_directory_values_with_a_space(args, invocation_dir: Path, rootpath: Path,
+                                        inipath: Path | None) -> None:
+    """ValueError if pytest took a directory option's value for a test path.
+
+    pytest chooses its rootdir and config file from the command line's paths before any plugin
+    loads, so `--qcheck-report /abs/out` (with a space) makes an existing /abs/out one of those
+    paths: the rootdir moves to it (or to a common ancestor) and the project's pytest.ini and
+    tests/certify/expected_failures.toml are no longer read. The `=` form is never a path.
+    """
+    args = list(args)
+    for option, value in zip(args, args[1:]):
+        if option not in DIRECTORY_OPTIONS:
+            continue
+        path = (invocation_dir / value).resolve()
+        if path.is_dir() and (path == rootpath or (inipath is None and path.is_relative_to(rootpath))):
+            raise ValueError(
+                f"{option} {value}: written with a space, pytest took the existing directory for a test "
+                f"path when it chose its rootdir ({rootpath}) and config file "
+                f"({inipath or 'none found'}), before qcheck's options exist, so this project's "
+                f"settings were not read; write {option}={value}")

@@ -1,6 +1,7 @@
 """qcheck's pytest plugin, the `pytest11` entry point `qcheck` (pyproject.toml): its options and
-markers in every project where qcheck is installed, also in xdist workers, and before pytest
-reads the command line (so `--qcheck-report /abs/out`, with a space, is an option value).
+markers in every project where qcheck is installed, also in xdist workers. (pytest picks its
+rootdir before plugins load: a directory value written with a space can be taken for a test path;
+qcheck/suite/options.py says so.)
 
 This module imports nothing of the library: pytest loads entry points before jaxtyping's import
 hook is installed (pytest.ini `--jaxtyping-packages`), and a library module imported here would

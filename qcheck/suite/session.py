@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,9 @@ from qcheck.pair import Case
 from qcheck.suite import matrix
 from qcheck.thresholds import Thresholds
 from qcheck.suite.expected import ExpectedFailure, load_expected_failures
-from qcheck.suite.options import (ThresholdOverrides, check_calibration_lengths, parse_threshold_overrides,
-                            session_device, thresholds_from_pyproject)
+from qcheck.suite.options import (ThresholdOverrides, check_calibration_lengths,
+                                  check_directory_values_with_a_space, parse_threshold_overrides,
+                                  session_device, thresholds_from_pyproject)
 from qcheck.suite.progress import Progress
 
 EXPECTED_FAILURES = Path("tests") / "certify" / "expected_failures.toml"
@@ -55,6 +55,8 @@ class QcheckSession:
         from qcheck.suite.checkpoint_options import validate_checkpoints
         from qcheck.quantize.spec import parse_quant_spec
 
+        check_directory_values_with_a_space(config.invocation_params.args, Path(config.invocation_params.dir),
+                                            Path(config.rootpath), config.inipath)
         table = _pyproject_table(Path(config.rootpath) / "pyproject.toml")
         base, per_model = thresholds_from_pyproject(table.get("thresholds", {}))
         rule = config.getoption("--qcheck-induction-rule")

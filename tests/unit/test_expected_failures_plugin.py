@@ -12,7 +12,7 @@ from qcheck.thresholds import Thresholds
 from qcheck.models.registry import zoo_names
 from qcheck.suite.session import QcheckSession
 
-from helpers import plugin_suite
+from helpers import FIXED_HEADER_CONFTEST, plugin_suite
 
 MODEL = zoo_names()[0]
 CIRCUITS_TEST = """
@@ -23,18 +23,6 @@ def test_circuits(pair, certify):
     if os.environ.get("QCHECK_FAKE_CRASH") == "analysis":
         {}["L1H2"]  # a KeyError inside an analysis
     certify(report_data.synthetic_analysis("circuits", 2, report_data.damage_of(pair.case)))
-"""
-CONFTEST = f"""
-import pytest
-from qcheck.drift import Header
-
-# qcheck's plugin comes from its pytest11 entry point
-
-@pytest.fixture
-def baseline_header(pair):  # the real one reads a loaded model; the fields are what matters here
-    return Header(model="m", weight_digest="w" * 64, quant="q", calibration_digest=None,
-                  inputs_digest="i" * 64, analysis="circuits", analysis_version=1,
-                  dtype="float32", device="cpu", environment={{}})
 """
 ARGS = ("-p", "no:cacheprovider", "--qcheck-model", MODEL, "--qcheck-quant", "rtn-w4", "-p", "no:randomly")
 DAMAGE = 0.6  # loses both synthetic heads (see report_data)
@@ -52,7 +40,7 @@ def suite(pytester, monkeypatch):
     monkeypatch.setattr(data, "damage_of", lambda case: damage["value"])
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("QCHECK_FAKE_CRASH", raising=False)
-    plugin_suite(pytester, CIRCUITS_TEST, conftest=CONFTEST)
+    plugin_suite(pytester, CIRCUITS_TEST, conftest=FIXED_HEADER_CONFTEST)
     pytester.damage = damage
     return pytester
 

@@ -28,3 +28,19 @@ def test_pyproject_thresholds():
     assert base.min_resid_cosine == 0.9 and per_model == {"zoo-a": {"max_head_jsd": 0.2}}
     with pytest.raises(ValueError, match="pyproject.toml.*unknown threshold 'typo'"):
         thresholds_from_pyproject({"typo": 1})
+
+
+def test_a_directory_value_written_with_a_space_that_moved_the_rootdir_is_a_usage_error(tmp_path):
+    from qcheck.suite.options import check_directory_values_with_a_space
+
+    out, project = tmp_path / "out", tmp_path / "project"
+    out.mkdir()
+    project.mkdir()
+    # pytest took the existing directory for a test path: rootdir moved to it, no config file
+    with pytest.raises(ValueError, match=f"--qcheck-report {out}: written with a space.*write --qcheck-report={out}"):
+        check_directory_values_with_a_space(["--qcheck-report", str(out)], project, out, None)
+    # the rootdir and config file are the project's (a test path was given, or the value is inside)
+    check_directory_values_with_a_space(["tests", "--qcheck-report", str(out)], project, project,
+                                        project / "pytest.ini")
+    check_directory_values_with_a_space([f"--qcheck-report={out}"], project, out, None)  # `=`: never a path
+    check_directory_values_with_a_space(["--qcheck-report", str(tmp_path / "new")], project, project, None)

@@ -15,7 +15,7 @@ from qcheck.models.registry import zoo_names
 from qcheck.report.schema import validate
 from qcheck.suite.session import QcheckSession
 
-from helpers import plugin_suite
+from helpers import FIXED_HEADER_CONFTEST, plugin_suite
 
 CIRCUITS_TEST = """
 import pytest
@@ -28,18 +28,6 @@ def test_circuits(pair, certify):
 MODEL = zoo_names()[0]
 # what the synthetic rtn-w4 result (damage 0.6) fails
 FAILS = sorted({f.criterion for f in data.synthetic_result("circuits", 2, 0.6).failures(Thresholds())})
-CONFTEST = """
-import pytest
-from qcheck.drift import Header
-
-# qcheck's plugin comes from its pytest11 entry point
-
-@pytest.fixture
-def baseline_header(pair):  # the real one reads a loaded model
-    return Header(model="m", weight_digest="w" * 64, quant="q", calibration_digest=None,
-                  inputs_digest="i" * 64, analysis="circuits", analysis_version=1,
-                  dtype="float32", device="cpu", environment={})
-"""
 
 
 @pytest.fixture
@@ -47,7 +35,7 @@ def suite(pytester, monkeypatch):
     monkeypatch.setattr(QcheckSession, "pair", lambda self, case: data.fake_pair(case, n_layers=2))
     monkeypatch.setattr(data, "damage_of", lambda case: {"rtn-w4": 0.6, "gptq-w4": 0.02}[case.quant])
     monkeypatch.delenv("CI", raising=False)
-    plugin_suite(pytester, CIRCUITS_TEST, conftest=CONFTEST)
+    plugin_suite(pytester, CIRCUITS_TEST, conftest=FIXED_HEADER_CONFTEST)
     return pytester
 
 

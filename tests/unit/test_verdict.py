@@ -24,7 +24,6 @@ def test_every_declared_bound_is_a_criterion_and_settings_are_not():
 
 def test_nothing_declared_passes_or_fails_plainly():
     assert judge([], None).outcome == "pass"
-    assert judge([COSINE, JSD], None) == judge([COSINE, JSD], None)
     verdict = judge([COSINE, JSD], None)
     assert verdict.outcome == "fail" and verdict.message == f"{COSINE}; {JSD}"
 
