@@ -116,7 +116,7 @@ def thresholds_from_pyproject(table: dict[str, Any]) -> tuple[Thresholds, dict[s
     return base, per_model
 
 
-DIRECTORY_OPTIONS = ("--qcheck-report", "--qcheck-checkpoint", "--qcheck-cache")
+from qcheck.suite.rootdir import DIRECTORY_OPTIONS  # noqa: E402  (the options that take a directory)
 
 
 def check_directory_values_with_a_space(args, invocation_dir: Path, rootpath: Path,
@@ -126,7 +126,9 @@ def check_directory_values_with_a_space(args, invocation_dir: Path, rootpath: Pa
     pytest chooses its rootdir and config file from the command line's paths before any plugin
     loads, so `--qcheck-report /abs/out` (with a space) makes an existing /abs/out one of those
     paths: the rootdir moves to it (or to a common ancestor) and the project's pytest.ini and
-    tests/certify/expected_failures.toml are no longer read. The `=` form is never a path.
+    tests/certify/expected_failures.toml are no longer read. qcheck/suite/rootdir.py chooses again
+    when the plugin loads; this is the guard for a pytest whose private Config attributes it could
+    not use. The `=` form is never a path.
     """
     args = list(args)
     for option, value in zip(args, args[1:]):

@@ -1,7 +1,7 @@
 """qcheck's pytest plugin, the `pytest11` entry point `qcheck` (pyproject.toml): its options and
-markers in every project where qcheck is installed, also in xdist workers. (pytest picks its
-rootdir before plugins load: a directory value written with a space can be taken for a test path;
-qcheck/suite/options.py says so.)
+markers in every project where qcheck is installed, also in xdist workers. pytest picks its
+rootdir before plugins load, so a directory value written with a space can be taken for a test
+path: qcheck/suite/rootdir.py makes the choice again.
 
 This module imports nothing of the library: pytest loads entry points before jaxtyping's import
 hook is installed (pytest.ini `--jaxtyping-packages`), and a library module imported here would
@@ -53,6 +53,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "earlier report, which is replaced.")
 
 
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) -> None:
+    from qcheck.suite.rootdir import rechoose_rootdir
+
+    rechoose_rootdir(early_config, args)
 
 
 @pytest.hookimpl(tryfirst=True)

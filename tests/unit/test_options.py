@@ -44,3 +44,22 @@ def test_a_directory_value_written_with_a_space_that_moved_the_rootdir_is_a_usag
                                         project / "pytest.ini")
     check_directory_values_with_a_space([f"--qcheck-report={out}"], project, out, None)  # `=`: never a path
     check_directory_values_with_a_space(["--qcheck-report", str(tmp_path / "new")], project, project, None)
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+@pytest.mark.parametrize("option", ["--qcheck-report", "--qcheck-cache"])
+def test_a_directory_value_written_with_a_space_keeps_the_projects_rootdir_and_config(pytester, workers,
+                                                                                       option, tmp_path_factory):
+    """No test path and an existing directory: pytest first takes it for a test path and chooses
+    its rootdir from it (no config file there); qcheck/suite/rootdir.py chooses again, so pytest.ini is read (its
+    `testpaths` finds the tests and its addopts deselect one), in xdist workers too."""
+    pytester.makeini("[pytest]\ntestpaths = checks\naddopts = -m 'not slow'\n"
+                     "markers =\n    slow: deselected by addopts\n")
+    pytester.mkdir("checks").joinpath("test_a.py").write_text(
+        "import pytest\n\ndef test_a():\n    pass\n\n"
+        "@pytest.mark.slow\ndef test_slow():\n    raise AssertionError('addopts were not read')\n")
+    out = tmp_path_factory.mktemp("out")  # outside the project: no config file above it
+    result = pytester.runpytest_subprocess(*workers, option, str(out))
+    result.stdout.fnmatch_lines([f"rootdir: {pytester.path}", "configfile: tox.ini"])
+    outcomes = result.parseoutcomes()  # the xdist controller does not count the workers' deselection
+    assert result.ret == 0 and outcomes["passed"] == 1 and "failed" not in outcomes
