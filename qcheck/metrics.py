@@ -20,8 +20,8 @@ from torch import Tensor
 
 # Below this norm a vector counts as zero: cosine with it is 0 (torch's convention), not NaN.
 _EPS = 1e-12
-# Elements per float64 chunk in kl_from_logits (~32 MiB per temporary).
-_CHUNK_ELEMENTS = 1 << 22
+# Elements per float64 chunk in kl_from_logits (8 MiB per temporary; it makes about six).
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def cosine(a: Float[Tensor, "*rows d"], b: Float[Tensor, "*rows d"]) -> Float[Tensor, "*rows"]:

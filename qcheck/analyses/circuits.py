@@ -182,15 +182,13 @@ class InductionResult:
 @torch.no_grad()
 def compare_induction(fp_patterns: Sequence[Float[Tensor, "batch head_index query_pos key_pos"]],
                       quant_patterns: Sequence[Float[Tensor, "batch head_index query_pos key_pos"]],
-                      fp_logits: Float[Tensor, "batch logit_pos d_vocab"],
-                      quant_logits: Float[Tensor, "batch logit_pos d_vocab"],
-                      tokens: Int[Tensor, "batch pos"], half: int, rule: str = "fixed",
-                      logit_start: int = 0) -> InductionResult:
+                      fp_icl_losses: Float[Tensor, "batch"], quant_icl_losses: Float[Tensor, "batch"],
+                      tokens: Int[Tensor, "batch pos"], half: int, rule: str = "fixed") -> InductionResult:
     """Induction heads and in-context loss of FP vs quantized on [BOS, A, A] sequences (no padding).
 
     `fp_patterns[l]` is `blocks.{l}.attn.hook_pattern`; `rule` ("fixed" or "relative") selects
     which outcome `failures` judges (pass Thresholds.induction_rule); both are always computed.
-    The logits hold positions logit_start, logit_start + 1, ... (at least half+1 .. 2·half−1).
+    `*_icl_losses` are repeated_half_loss per sequence.
     """
     if rule not in RULES:
         raise ValueError(f"induction rule {rule!r}: expected one of {RULES}")
@@ -203,8 +201,7 @@ def compare_induction(fp_patterns: Sequence[Float[Tensor, "batch head_index quer
         scores_quant=tuple(tuple(row) for row in quant.tolist()),
         rule=rule, fixed=apply_rule("fixed", fp, quant), relative=apply_rule("relative", fp, quant),
         correlation=float(metrics.pearson(fp.flatten(), quant.flatten())),
-        icl_loss_fp=float(repeated_half_loss(fp_logits, tokens, half, logit_start).mean()),
-        icl_loss_quant=float(repeated_half_loss(quant_logits, tokens, half, logit_start).mean()),
+        icl_loss_fp=float(fp_icl_losses.mean()), icl_loss_quant=float(quant_icl_losses.mean()),
         n_sequences=len(tokens), half=half)
 
 
@@ -217,8 +214,13 @@ def compare_induction_captures(fp: Capture, quant: Capture, half: int,
         raise ValueError("the induction set must not be padded")
     names = layer_names(fp, "attn.hook_pattern")
     return compare_induction([fp.acts[n] for n in names], [quant.acts[n] for n in names],
-                             fp.logits_from(half + 1, 2 * half), quant.logits_from(half + 1, 2 * half),
-                             fp.tokens, half, rule, logit_start=half + 1)
+                             icl_losses(fp, half), icl_losses(quant, half), fp.tokens, half, rule)
+
+
+def icl_losses(capture: Capture, half: int) -> Float[Tensor, "batch"]:
+    """repeated_half_loss of every sequence, from the capture's logits chunk by chunk."""
+    return torch.cat([repeated_half_loss(logits, capture.tokens[rows], half, half + 1)
+                      for rows, logits in capture.logit_chunks(half + 1, 2 * half)])
 
 
 # --- the analysis ---------------------------------------------------------------------------

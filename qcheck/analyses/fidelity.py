@@ -105,17 +105,24 @@ def compare_outputs(fp: Capture, quant: Capture, *, seed: int = BOOTSTRAP_SEED) 
     """
     check_same_inputs(fp, quant)
     width = fp.tokens.shape[1]
-    fp_logits, quant_logits = fp.logits_from(0, width), quant.logits_from(0, width)  # every position
-    a, b = fp_logits[fp.mask], quant_logits[fp.mask]  # (n_real, d_vocab)
-    loss_fp = next_token_losses(fp_logits, fp.tokens, fp.mask)
-    loss_quant = next_token_losses(quant_logits, fp.tokens, fp.mask)
+    # Per position, chunk by chunk of prompts (a capture of a large vocabulary keeps no logits and
+    # recomputes them: qcheck/capture.py); the per-position values are concatenated in order, so
+    # the means are the same as over one (n_real, d_vocab) matrix.
+    kl, top1, loss_fp, loss_quant = [], [], [], []
+    for (rows, fp_logits), (_, quant_logits) in zip(fp.logit_chunks(0, width), quant.logit_chunks(0, width)):
+        mask, tokens = fp.mask[rows], fp.tokens[rows]
+        a, b = fp_logits[mask], quant_logits[mask]  # (n_real, d_vocab)
+        kl.append(metrics.kl_from_logits(a, b))
+        top1.append(metrics.topk_agreement(a, b, 1))
+        loss_fp.append(next_token_losses(fp_logits, tokens, mask))
+        loss_quant.append(next_token_losses(quant_logits, tokens, mask))
+    kl, top1, loss_fp, loss_quant = map(torch.cat, (kl, top1, loss_fp, loss_quant))
     if len(loss_fp) == 0:
         raise ValueError("no prompt has two real tokens: nothing to predict")
-    return FidelityResult(kl=float(metrics.kl_from_logits(a, b).mean()),
-                          top1=float(metrics.topk_agreement(a, b, 1).mean()),
+    return FidelityResult(kl=float(kl.mean()), top1=float(top1.mean()),
                           loss_fp=float(loss_fp.mean()), loss_quant=float(loss_quant.mean()),
                           loss_increase_ci=metrics.bootstrap_ci(loss_quant - loss_fp, seed=seed),
-                          n_positions=len(a), n_targets=len(loss_fp))
+                          n_positions=len(kl), n_targets=len(loss_fp))
 
 
 # --- the analysis ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Apply a QuantSpec to an HF model: a quantized deep copy, block by block.
+"""Apply a QuantSpec to an HF model: a quantized copy (own block-linear weights, the rest shared), block by block.
 
 Which weights: every linear map inside the transformer blocks (linears.py).
 
@@ -14,7 +14,6 @@ after each group.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
@@ -25,7 +24,8 @@ from torch import Tensor, nn
 
 from qcheck.quantize.grid import GridSpec, QuantizedWeight, on_float32_grid
 from qcheck.quantize.hessian import HessianAccumulator
-from qcheck.quantize.linears import block_linears, find_blocks, get_rows, named_block_linears, set_rows
+from qcheck.quantize.linears import (block_linears, copy_with_own_linears, find_blocks, get_rows,
+                                     named_block_linears, set_rows)
 from qcheck.quantize.spec import QuantSpec
 
 BATCH_SIZE = 16  # calibration sequences per forward
@@ -99,7 +99,8 @@ def quantize_model(hf_model: nn.Module, spec: QuantSpec,
                    calibration_tokens: Int[Tensor, "n_samples seq_len"] | None = None,
                    *, batch_size: int = BATCH_SIZE,
                    on_layer: Callable[[str, QuantizedWeight], None] | None = None) -> tuple[nn.Module, QuantReport]:
-    """A quantized deep copy of `hf_model` (in eval mode) and a report; the caller's model is untouched.
+    """A quantized copy of `hf_model` (in eval mode; linears.copy_with_own_linears) and a report;
+    the caller's model is untouched.
 
     calibration_tokens are required by GPTQ (see qcheck.data.calibration), ignored by RTN.
     on_layer(name, q) receives each linear's QuantizedWeight (codes, scales, zeros, g_idx) as it
@@ -111,7 +112,7 @@ def quantize_model(hf_model: nn.Module, spec: QuantSpec,
     if spec.method not in ("rtn", "gptq", "gptq-study"):
         raise ValueError(f"quantize_model: {spec} is not a quantizer; checkpoints are loaded, not computed")
     start = time.perf_counter()
-    model = copy.deepcopy(hf_model).eval()
+    model = copy_with_own_linears(hf_model).eval()
     layers: list[LayerReport] = []
     if not spec.needs_calibration:
         for name, module in named_block_linears(model):

@@ -12,7 +12,6 @@ repo). Writes are atomic and locked per entry (store.py), so xdist workers share
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from qcheck.data.calibration import Calibration, calibration_for, resolve_seq_len, token_digest
 from qcheck.models.digest import model_digest
 from qcheck.quantize.apply import QuantReport, quantize_model
-from qcheck.quantize.linears import named_block_linears
+from qcheck.quantize.linears import copy_with_own_linears, named_block_linears
 from qcheck.quantize.result import QuantizedModel
 from qcheck.quantize.spec import QuantSpec
 from qcheck.quantize.store import FORMAT, Entry
@@ -124,11 +123,11 @@ def _block_weights(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _load_weights(hf_model: nn.Module, tensors: dict[str, Tensor]) -> nn.Module | None:
-    """A deep copy of `hf_model` with `tensors` loaded, or None if names or shapes do not match."""
+    """A copy of `hf_model` (linears.copy_with_own_linears) with `tensors` loaded, or None if names or shapes do not match."""
     expected = _block_weights(hf_model)
     if expected.keys() != tensors.keys() or any(expected[n].shape != t.shape for n, t in tensors.items()):
         return None
-    model = copy.deepcopy(hf_model).eval()
+    model = copy_with_own_linears(hf_model).eval()
     with torch.no_grad():
         for name, tensor in tensors.items():
             parameter = model.get_parameter(name)

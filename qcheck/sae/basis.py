@@ -36,10 +36,13 @@ def training_activations(hf_model, fp_bridge, n_ctx: int) -> torch.Tensor:
     from qcheck.data.calibration import sampled
 
     tokens = sampled(hf_model, n_samples=SAE_SAMPLES, seq_len=min(n_ctx, 128), seed=SAE_SEED).tokens
-    name = f"blocks.{feature_layer(fp_bridge.cfg.n_layers)}.hook_resid_post"
+    layer = feature_layer(fp_bridge.cfg.n_layers)
+    name = f"blocks.{layer}.hook_resid_post"
     parts = []
     for chunk in tokens.split(16):
-        _, cache = fp_bridge.run_with_cache(chunk.to(fp_bridge.cfg.device), names_filter=[name])
+        # stop after the SAE's layer: no vocabulary-wide logits (411 MiB per chunk at GPT-2's shape)
+        _, cache = fp_bridge.run_with_cache(chunk.to(fp_bridge.cfg.device), names_filter=[name],
+                                            stop_at_layer=layer + 1)
         parts.append(cache[name][:, 1:].reshape(-1, fp_bridge.cfg.d_model).float().cpu())
     return torch.cat(parts)
 

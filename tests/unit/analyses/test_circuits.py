@@ -63,10 +63,10 @@ def test_repeated_half_loss_covers_exactly_the_inducible_tokens():
 
 
 def compare(fp_scores, quant_scores, rule="fixed", fp_logits=None, quant_logits=None):
+    losses = [circuits.repeated_half_loss(uniform_logits() if logits is None else logits, TOKENS, HALF)
+              for logits in (fp_logits, quant_logits)]
     return circuits.compare_induction(induction_patterns(fp_scores), induction_patterns(quant_scores),
-                                      uniform_logits() if fp_logits is None else fp_logits,
-                                      uniform_logits() if quant_logits is None else quant_logits,
-                                      TOKENS, HALF, rule=rule)
+                                      *losses, TOKENS, HALF, rule=rule)
 
 
 def test_induction_identical_is_perfect():
