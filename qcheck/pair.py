@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
     from qcheck.quantize.result import QuantizedModel
+    from qcheck.quantize.spec import CheckpointRef, QuantSpec
 
 
 
@@ -51,17 +52,24 @@ def capture_prompt_set(bridge, model: LoadedModel, prompt_set: str) -> Capture:
                    lens=False, logit_positions=slice(INDUCTION_HALF + 1, 2 * INDUCTION_HALF))
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Case:
-    """One (model, quantizer) case of the certification matrix: a model name and a quantizer id
-    (a canonical QuantSpec string, or `checkpoint:<name>`)."""
+    """One (model, quantizer) case of the certification matrix: a model name and its quantizer,
+    a QuantSpec or, for --qcheck-checkpoint, a CheckpointRef (qcheck/quantize/spec.py), parsed
+    once when the options are validated (qcheck/suite/session.py)."""
 
     model: str
-    quant: str
+    quant: QuantSpec | CheckpointRef
+
+    @property
+    def quant_id(self) -> str:
+        """The quantizer as test ids, baselines, tests/certify/expected_failures.toml and
+        results.json name it: the canonical QuantSpec short form, or `checkpoint:<name>`."""
+        return str(self.quant)
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.quant}"
+        return f"{self.model}-{self.quant_id}"
 
 
 @dataclass

@@ -6,7 +6,8 @@ variant), `hessian` (collecting H = 2/n Σ x xᵀ). Application: `linears` (whic
 written in the (d_out, d_in) layout), `apply` (a quantized deep copy of an HF model, layer by
 layer), `cache` (the on-disk cache shared by xdist workers, built on `store`), `result` (the
 QuantizedModel they and `checkpoint` return).
-The spec that names a quantizer is `spec.QuantSpec`, written `rtn-w4`, `gptq-w4-g128-act`, ...
+The spec that names a quantizer is `spec.QuantSpec`, written `rtn-w4`, `gptq-w4-g128-act`, ...;
+a checkpoint folder is named by `spec.CheckpointRef` (`checkpoint:<name>`).
 
 Nothing heavy is imported here: import the submodule you need.
 """

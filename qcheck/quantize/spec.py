@@ -1,4 +1,5 @@
-"""`QuantSpec`: which quantizer, with which options, and its short string form.
+"""`QuantSpec`: which quantizer, with which options, and its short string form; `CheckpointRef`:
+a checkpoint folder as a quantizer.
 
 The short form is used in test ids and on the command line. Grammar (tokens joined by "-",
 defaults omitted, canonical order as written; `str(spec)` gives the canonical form and
@@ -122,8 +123,17 @@ class QuantSpec:
         return self.method in ("gptq", "gptq-study")
 
     def __str__(self) -> str:
+        return "-".join(self._tokens(bits=True))
+
+    @property
+    def without_bits(self) -> str:
+        """The short form without its bit width (`gptq-g128-act` for `gptq-w4-g128-act`): one
+        method of the scaling table (qcheck/report/table.py), across bit widths."""
+        return "-".join(self._tokens(bits=False))
+
+    def _tokens(self, *, bits: bool) -> list[str]:
         parts = [self.method]
-        if self.bits is not None:
+        if bits and self.bits is not None:
             parts.append(f"w{self.bits}")
         if self.group_size is not None:
             parts.append(f"g{self.group_size}")
@@ -151,7 +161,30 @@ class QuantSpec:
             parts.append(f"seed{self.seed}")
         if self.calibration.startswith("file:"):
             parts.append(self.calibration)
-        return "-".join(parts)
+        return parts
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A quantizer that is a GPTQ checkpoint folder (--qcheck-checkpoint), by its name: the folder
+    name, sanitized (qcheck/quantize/checkpoint/format.py `checkpoint_name`). `str()` is its id in
+    test ids, `checkpoint:<name>`.
+
+    It answers what a QuantSpec answers for the report (qcheck/report/results.py): its id has no
+    bit width to take out, so `without_bits` is the id whole, and `bits` is None: the bit width is
+    in the folder's quantization config, read when the checkpoint loads (its QuantSpec, method
+    `checkpoint`, has it)."""
+
+    name: str
+
+    bits = None  # not a field: see the class docstring
+
+    def __str__(self) -> str:
+        return f"checkpoint:{self.name}"
+
+    @property
+    def without_bits(self) -> str:
+        return str(self)
 
 
 def _decimal(x: float) -> str:

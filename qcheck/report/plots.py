@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from qcheck.analyses.attention import PREV_TOKEN_THRESHOLD
 from qcheck.analyses.features import MIN_SHARED, TOP_POSITIONS
-from qcheck.report.table import fmt_params, method_and_bits, method_order
+from qcheck.report.table import fmt_params, method_order
 
 FP_COLOR, QUANT_COLOR, BAD, GOOD, OTHER = "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9a9a9a"
 HOOK_LABELS = {"hook_resid_post": "resid_post", "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out"}
@@ -236,26 +236,27 @@ def plot_fidelity(metrics: dict, thresholds: dict) -> Figure:
     return figure
 
 
-def plot_scaling(points: dict[str, list[tuple[int, float | None, float | None]]],
+def plot_scaling(points: dict[tuple[str, str, int | None], list[tuple[int, float | None, float | None]]],
                  names: dict[int, str] | None = None) -> Figure:
     """Induction-head survival and score correlation vs parameters, one line per quantizer:
     colour by method (RTN reds, GPTQ blues), darker and a different marker for fewer bits.
     Quantizers at one size are dodged sideways a little, so equal values do not hide each other.
 
-    points[quant] = [(n_params, survival in [0, 1] or None, correlation or None), ...];
+    points[(quant, method, bits)] = [(n_params, survival in [0, 1] or None, correlation or None), ...]
+    (quant as in test ids, method and bits as results.json's pairs give them);
     names[n_params] labels the x ticks with the model's name."""
     from matplotlib import colormaps
 
     figure = Figure(figsize=(11.5, 3.8), layout="constrained")
     ax, ax2 = figure.subplots(1, 2)
-    order = sorted(points, key=lambda q: (method_order(method_and_bits(q)[0]), -(method_and_bits(q)[1] or 0)))
-    for k, quant in enumerate(order):
-        method, bits = method_and_bits(quant)
+    order = sorted(points, key=lambda series: (method_order(series[1]), -(series[2] or 0)))
+    for k, series in enumerate(order):
+        quant, method, bits = series
         cmap = colormaps[{"rtn": "Reds", "gptq": "Blues"}.get(method, "Greens")]
         style = dict(color=cmap(0.45 + 0.55 * (1 - ((bits or 8) - 2) / 6)), marker=_BIT_MARKERS.get(bits, "o"),
                      label=quant)
         dodge = 1.04 ** (k - (len(order) - 1) / 2)
-        rows = sorted(points[quant])
+        rows = sorted(points[series])
         for a, column, scale in ((ax, 1, 100), (ax2, 2, 1)):
             xy = [(r[0] * dodge, r[column] * scale) for r in rows if r[column] is not None]
             a.plot([x for x, _ in xy], [y for _, y in xy], **style)

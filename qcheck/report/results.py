@@ -7,12 +7,17 @@ qcheck/report/schema.py, `python -m qcheck.report.schema` prints it):
      "run":         {started, finished, args, workers, notes, files}          # volatile
      "environment": {device, python, platform, versions: {torch, transformer_lens, ...}},
      "pairs": [{id, model: {name, kind, location, n_params, n_layers, n_heads, d_model, weight_digest},
-                quant: {name, spec, fields (every QuantSpec field), weight_digest (quantized weights),
-                        cache_key, calibration: {source, digest}},
+                quant: {name, method, bits, spec, fields (every QuantSpec field),
+                        weight_digest (quantized weights), cache_key, calibration: {source, digest}},
                 seeds: {induction, calibration, sae, fidelity_bootstrap},
                 builds: [{worker, from_cache, seconds}]}],                    # builds: volatile
-     "tests": [{nodeid, pair, analysis, analysis_version, outcome, verdict, failures, notes, expected_failure,
-                thresholds, device, metrics (the result's as_baseline()), duration}]}
+     "tests": [{nodeid, pair, model, quant: {name, method, bits}, analysis, analysis_version, outcome,
+                verdict, failures, notes, expected_failure, thresholds, device,
+                metrics (the result's as_baseline()), duration}]}
+
+`method` and `bits` are what the tables group by (qcheck/report/table.py): the quantizer without
+its bit width, and the bit width. A test names its case's model and quantizer too, so a pair that
+was never built (no entry in `pairs`) still has a row.
 
 `verdict` is the threshold claim (`failures` empty or not); `outcome` is what pytest reported, so
 baseline drift, declared expected failures (xfailed) and errors show there. Floats that JSON
@@ -82,6 +87,16 @@ def seeds(spec) -> dict[str, int | None]:
             "fidelity_bootstrap": BOOTSTRAP_SEED}
 
 
+def quant_labels(quant, applied=None) -> dict:
+    """What the tables read of a case's quantizer (a QuantSpec or a CheckpointRef,
+    qcheck/quantize/spec.py): its name as in test ids, its method (`without_bits`: gptq-g128-act
+    for gptq-w4-g128-act, a checkpoint's id whole) and its bits: those of `applied`, the QuantSpec
+    of the built pair (a checkpoint's, from its quantization config), else as the case names them
+    (None for a checkpoint)."""
+    return {"name": str(quant), "method": quant.without_bits,
+            "bits": (applied if applied is not None else quant).bits}
+
+
 def entry_for_pair(pair, worker: str) -> dict:
     """What identifies a pair: model, quantizer, digests, calibration, seeds (and this build)."""
     quantized, model, cfg = pair.quant, pair.fp, getattr(pair.fp_bridge, "cfg", None)
@@ -91,7 +106,7 @@ def entry_for_pair(pair, worker: str) -> dict:
                   "n_params": model.n_params, "n_layers": getattr(cfg, "n_layers", None),
                   "n_heads": getattr(cfg, "n_heads", None), "d_model": getattr(cfg, "d_model", None),
                   "weight_digest": quantized.weight_digest},
-        "quant": {"name": pair.case.quant, "spec": str(quantized.spec),
+        "quant": {**quant_labels(pair.case.quant, quantized.spec), "spec": str(quantized.spec),
                   "fields": dataclasses.asdict(quantized.spec),
                   "weight_digest": quantized.quantized_digest, "cache_key": quantized.key,
                   "calibration": {"source": quantized.calibration_source,
@@ -102,10 +117,11 @@ def entry_for_pair(pair, worker: str) -> dict:
     })
 
 
-def entry_for_test(*, nodeid: str, pair_id: str, analysis: str, outcome: str, result=None,
+def entry_for_test(*, nodeid: str, case, analysis: str, outcome: str, result=None,
                 thresholds=None, expected_failure: str | None = None, device: str | None = None,
                 duration: float = 0.0) -> dict:
-    """One test: its outcome, and if it recorded a result, the verdict and every metric."""
+    """One test of a case (qcheck/pair.py Case): its outcome, and if it recorded a result, the
+    verdict and every metric."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome {outcome!r}: expected one of {OUTCOMES}")
     failures, criteria, notes, verdict, metrics = [], [], [], None, None
@@ -119,7 +135,8 @@ def entry_for_test(*, nodeid: str, pair_id: str, analysis: str, outcome: str, re
         notes, metrics = list(result.notes()), result.as_baseline()
         verdict = "fail" if failures else "pass"
     return jsonable({
-        "nodeid": nodeid, "pair": pair_id, "analysis": analysis,
+        "nodeid": nodeid, "pair": case.id, "model": case.model, "quant": quant_labels(case.quant),
+        "analysis": analysis,
         "analysis_version": (ANALYSES[analysis].version if analysis in ANALYSES else None), "outcome": outcome,
         "verdict": verdict, "failures": [str(f) for f in failures], "criteria": criteria, "notes": notes,
         "expected_failure": expected_failure,

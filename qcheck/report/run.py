@@ -86,7 +86,7 @@ class ReportRun:
         seen = self._observed.get(nodeid, {"phases": {}})
         expected = session.expected_failure(case, analysis)
         return entry_for_test(
-            nodeid=nodeid, pair_id=case.id, analysis=analysis,
+            nodeid=nodeid, case=case, analysis=analysis,
             # no phase seen for a recorded result: its report went missing; do not guess "passed"
             outcome=outcome_of(seen["phases"]) if seen["phases"] else "error",
             result=result, thresholds=session.thresholds_for(case.model),

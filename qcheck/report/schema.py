@@ -33,6 +33,17 @@ def _obj(description: str, properties: dict, *, extra: Any = False, required=Non
 
 _STRINGS = {"type": "array", "items": _STR}
 
+# What the tables read of a quantizer (qcheck/report/results.py quant_labels), in a pair and a test.
+QUANT_LABELS = {
+    "name": {**_STR, "description": "the quantizer as in test ids: a QuantSpec short form, or "
+                                    "checkpoint:<folder> for --qcheck-checkpoint"},
+    "method": {**_STR, "description": "the quantizer without its bit width, the scaling table's method: "
+                                      "gptq-g128-act for gptq-w4-g128-act; a checkpoint's name whole"},
+    "bits": {"type": ["integer", "null"],
+             "description": "bits per weight (a checkpoint's from its quantization config; null in a "
+                            "test of a checkpoint, whose case does not name them)"},
+}
+
 PAIR = _obj("One (model, quantizer) case: exactly what was certified.", {
     "id": {**_STR, "description": "the case id used in test ids, MODEL-QUANT"},
     "model": _obj("The FP model.", {
@@ -41,8 +52,7 @@ PAIR = _obj("One (model, quantizer) case: exactly what was certified.", {
         "n_layers": _opt(_INT), "n_heads": _opt(_INT), "d_model": _opt(_INT),
         "weight_digest": {**_STR, "description": "sha256 over the FP state_dict (models/digest.py model_digest)"}}),
     "quant": _obj("The quantizer and the quantized weights.", {
-        "name": {**_STR, "description": "the quantizer as in test ids: a QuantSpec short form, or "
-                                        "checkpoint:<folder> for --qcheck-checkpoint"},
+        **QUANT_LABELS,
         "spec": {**_STR, "description": "canonical QuantSpec short form, e.g. gptq-w4-g128-act"},
         "fields": {"type": "object", "description": "every QuantSpec field (quantize/spec.py)"},
         "weight_digest": {**_STR, "description": "sha256 over the quantized model's state_dict"},
@@ -60,6 +70,8 @@ PAIR = _obj("One (model, quantizer) case: exactly what was certified.", {
 
 TEST = _obj("One certification test (one analysis of one pair).", {
     "nodeid": _STR, "pair": {**_STR, "description": "pairs[].id"},
+    "model": {**_STR, "description": "the case's FP model name (also for a pair that was never built)"},
+    "quant": _obj("The case's quantizer as collected (also for a pair that was never built).", QUANT_LABELS),
     "analysis": {**_STR, "description": "the test's analysis marker (activations, attention, ...)"},
     "analysis_version": {"type": ["integer", "null"],
                          "description": "the analysis's version (qcheck/analyses/<name>.py ANALYSIS): bumped when its numbers change meaning"},
@@ -83,6 +95,10 @@ TEST = _obj("One certification test (one analysis of one pair).", {
 })
 
 TEST["required"].remove("criteria")  # added in qcheck 0.1: older results.json files lack it
+# added later (what the tables read, qcheck/report/table.py): older results.json files lack them too
+TEST["required"] = [key for key in TEST["required"] if key not in ("model", "quant")]
+PAIR["properties"]["quant"]["required"] = [key for key in PAIR["properties"]["quant"]["required"]
+                                           if key not in ("method", "bits")]
 
 SCHEMA = _obj("qcheck results: every metric of every (model, quantizer, analysis) of one run.", {
     "schema": {"const": SCHEMA_ID},

@@ -10,7 +10,6 @@ induction heads, "no heads" when FP has none (nothing to certify), "–" when no
 from __future__ import annotations
 
 import html
-import re
 from dataclasses import dataclass
 
 from qcheck.analyses import ANALYSES
@@ -19,7 +18,6 @@ from qcheck.analyses.circuits import FIXED_THRESHOLD
 MISSING = "–"
 # The per-pair table's columns after the induction ones: each analysis's headline, registry order.
 HEADLINES = tuple((name, a.headline) for name, a in ANALYSES.items() if a.headline is not None)
-_BITS = re.compile(r"-w(\d+)")
 
 
 @dataclass(frozen=True)
@@ -53,14 +51,6 @@ def _sci(value: float | None) -> str:
     return MISSING if value is None else f"{value:.2g}"
 
 
-def method_and_bits(spec: str) -> tuple[str, int | None]:
-    """("gptq-g128-act", 4) from "gptq-w4-g128-act": the quantizer without its bit width."""
-    found = _BITS.search(spec)
-    if not found:
-        return spec, None
-    return spec[:found.start()] + spec[found.end():], int(found.group(1))
-
-
 def method_order(method: str) -> tuple[int, str]:
     return ({"rtn": 0, "gptq": 1}.get(method, 2), method)
 
@@ -76,24 +66,30 @@ class Index:
         ids = {t["pair"] for t in results["tests"]} | set(self.pairs)
         self.pair_ids = sorted(ids, key=self._order)
 
-    def model_and_quant(self, pair_id: str) -> tuple[str, str]:
+    def _model_and_quant(self, pair_id: str) -> tuple[str, dict]:
+        """The model name and the quantizer's {name, method, bits} (qcheck/report/results.py
+        quant_labels): the pair's, else (a pair never built) its tests'. A results.json older than
+        these fields gives the name whole as the method, and the pair's QuantSpec bits."""
         pair = self.pairs.get(pair_id)
         if pair is not None:
-            return pair["model"]["name"], pair["quant"]["name"]
+            quant = pair["quant"]
+            return pair["model"]["name"], {"name": quant["name"], "method": quant.get("method", quant["name"]),
+                                           "bits": quant.get("bits", quant["fields"].get("bits"))}
         test = next(t for (p, _), t in self.tests.items() if p == pair_id)
-        case = re.search(r"\[(.*)\]$", test["nodeid"])
-        return pair_id, case.group(1) if case else pair_id  # unbuilt pair: best effort
+        return test.get("model", pair_id), test.get("quant", {"name": pair_id, "method": pair_id, "bits": None})
+
+    def model_and_quant(self, pair_id: str) -> tuple[str, str]:
+        model, quant = self._model_and_quant(pair_id)
+        return model, quant["name"]
 
     def n_params(self, pair_id: str) -> int | None:
         pair = self.pairs.get(pair_id)
         return pair["model"]["n_params"] if pair else None
 
     def method_and_bits(self, pair_id: str) -> tuple[str, int | None]:
-        """The quantizer without its bit width, and the bit width (from the QuantSpec when the
-        name has none, as for checkpoint:<folder>)."""
-        method, bits = method_and_bits(self.model_and_quant(pair_id)[1])
-        pair = self.pairs.get(pair_id)
-        return method, bits if bits is not None or pair is None else pair["quant"]["fields"].get("bits")
+        """The quantizer without its bit width (a checkpoint's name whole), and the bit width."""
+        _, quant = self._model_and_quant(pair_id)
+        return quant["method"], quant["bits"]
 
     def _order(self, pair_id: str):
         params = self.n_params(pair_id)

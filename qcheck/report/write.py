@@ -111,16 +111,20 @@ def render(results: dict) -> dict[str, bytes | str]:
     return files
 
 
-def scaling_points(results: dict) -> dict[str, list[tuple[int, float | None, float | None]]]:
-    """Per quantizer: (n_params, induction survival, correlation) of every model with circuits."""
-    params = {p["id"]: (p["model"]["n_params"], p["quant"]["name"]) for p in results["pairs"]}
-    points: dict[str, list] = {}
+def scaling_points(results: dict) -> dict[tuple[str, str, int | None],
+                                          list[tuple[int, float | None, float | None]]]:
+    """Per quantizer (name, method, bits): (n_params, induction survival, correlation) of every
+    model with circuits."""
+    index = table.Index(results)
+    params = {p["id"]: p["model"]["n_params"] for p in results["pairs"]}
+    points: dict[tuple[str, str, int | None], list] = {}
     for test in results["tests"]:
         if test["analysis"] != "circuits" or not test.get("metrics") or test["pair"] not in params:
             continue
-        n_params, quant = params[test["pair"]]
+        series = (index.model_and_quant(test["pair"])[1], *index.method_and_bits(test["pair"]))
         summary = test["metrics"].get("summary", {})
-        points.setdefault(quant, []).append((n_params, summary.get("survival"), summary.get("correlation")))
+        points.setdefault(series, []).append((params[test["pair"]], summary.get("survival"),
+                                              summary.get("correlation")))
     return points
 
 

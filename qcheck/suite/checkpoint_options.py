@@ -13,10 +13,11 @@ from pathlib import Path
 
 from qcheck.quantize.checkpoint.format import (Layout, check_layout, check_tokenizer, checkpoint_name,
                                                layout_of, open_checkpoint)
+from qcheck.quantize.spec import CheckpointRef
 
 
-def validate_checkpoints(directories: list[str], models: list[str]) -> dict[str, str]:
-    """{"checkpoint:<name>": resolved directory} for the --qcheck-checkpoint values.
+def validate_checkpoints(directories: list[str], models: list[str]) -> dict[CheckpointRef, str]:
+    """{checkpoint: resolved directory} for the --qcheck-checkpoint values.
 
     Raises ValueError naming the option value and the fix; `models` are the --qcheck-model names.
     """
@@ -26,7 +27,7 @@ def validate_checkpoints(directories: list[str], models: list[str]) -> dict[str,
         raise ValueError(f"--qcheck-checkpoint needs exactly one --qcheck-model, the FP model the checkpoint "
                          f"was quantized from (got {len(models)}: {', '.join(models) or 'none'})")
     layout, vocab = fp_layout(models[0])
-    checkpoints: dict[str, str] = {}
+    checkpoints: dict[CheckpointRef, str] = {}
     for directory in dict.fromkeys(directories):
         try:
             ckpt = open_checkpoint(directory)

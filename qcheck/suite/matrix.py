@@ -13,13 +13,16 @@ qcheck/suite/expected.py, judged by qcheck/verdict.py).
 from __future__ import annotations
 
 from qcheck.pair import Case
+from qcheck.quantize.spec import CheckpointRef, QuantSpec, parse_quant_spec
 
 # 8-bit RTN is the control that must pass, 2-bit RTN the control that must fail; 4 and 3 bits
 # under both methods are where the study's question lives.
-DEFAULT_QUANTS = ("rtn-w8", "rtn-w4", "gptq-w4", "rtn-w3", "gptq-w3", "rtn-w2", "gptq-w2")
+DEFAULT_QUANTS = tuple(parse_quant_spec(text) for text in
+                       ("rtn-w8", "rtn-w4", "gptq-w4", "rtn-w3", "gptq-w3", "rtn-w2", "gptq-w2"))
 
 
-def build_cases(zoo: list[str], models: list[str], quants: list[str], checkpoints: list[str] = ()) -> list[Case]:
+def build_cases(zoo: list[str], models: list[str], quants: list[QuantSpec],
+                checkpoints: list[CheckpointRef] = ()) -> list[Case]:
     """Default matrix plus every combination the command line names, in a stable order."""
     default = {Case(m, q) for m in zoo for q in DEFAULT_QUANTS}
     all_models = list(dict.fromkeys([*zoo, *models]))
@@ -30,7 +33,8 @@ def build_cases(zoo: list[str], models: list[str], quants: list[str], checkpoint
     return sorted(default | named, key=lambda c: (all_models.index(c.model), all_quants.index(c.quant)))
 
 
-def is_selected(case: Case, models: list[str], quants: list[str], checkpoints: list[str] = ()) -> bool:
+def is_selected(case: Case, models: list[str], quants: list[QuantSpec],
+                checkpoints: list[CheckpointRef] = ()) -> bool:
     """With no --qcheck-quant, only the default quantizers run (plus a named checkpoint)."""
     model_ok = not models or case.model in models
     quant_ok = case.quant in quants if quants else case.quant in DEFAULT_QUANTS

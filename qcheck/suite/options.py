@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qcheck.thresholds import Thresholds
+
+if TYPE_CHECKING:
+    from qcheck.quantize.spec import QuantSpec
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -62,19 +65,18 @@ def cuda_unavailable_reason() -> str | None:
             f"(torch.cuda.is_available() is False)")
 
 
-def check_calibration_lengths(quants: list[str], models: list[str]) -> None:
+def check_calibration_lengths(quants: list[QuantSpec], models: list[str]) -> None:
     """A `-lenN` longer than a model's context is one usage error naming both, at collection
     (rather than an error in every test of the pair once the model is loaded)."""
     from qcheck.models.context import context_length
     from qcheck.models.registry import resolve
-    from qcheck.quantize.spec import parse_quant_spec
 
-    for text in quants:
-        seq_len = parse_quant_spec(text).seq_len
+    for spec in quants:
+        seq_len = spec.seq_len
         for name in models if seq_len is not None else ():
             context = context_length(resolve(name, probe_hub=False))
             if context is not None and seq_len > context:
-                raise ValueError(f"--qcheck-quant {text}: calibration sequences of {seq_len} tokens are longer "
+                raise ValueError(f"--qcheck-quant {spec}: calibration sequences of {seq_len} tokens are longer "
                                  f"than the context of {name} ({context} tokens); use -len{context} or less, "
                                  f"or leave -lenN out (default: the context, at most 128)")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qcheck.pair import Case
+from qcheck.quantize.spec import CheckpointRef, QuantSpec
 from qcheck.suite import matrix
 from qcheck.thresholds import Thresholds
 from qcheck.suite.expected import ExpectedFailure, load_expected_failures
@@ -27,15 +28,15 @@ EXPECTED_FAILURES = Path("tests") / "certify" / "expected_failures.toml"
 @dataclass
 class QcheckSession:
     models: list[str]
-    quants: list[str]
+    quants: list[QuantSpec]   # --qcheck-quant, parsed once here
     device: str
     base_thresholds: Thresholds
     pyproject_per_model: dict[str, dict[str, Any]]
     overrides: ThresholdOverrides
     cache_dir: Path
     expected_failures: dict[tuple[str, str, str], ExpectedFailure]
-    # --qcheck-checkpoint: {"checkpoint:<name>": directory}, validated against the one --qcheck-model
-    checkpoints: dict[str, str] = field(default_factory=dict)
+    # --qcheck-checkpoint: {checkpoint: directory}, validated against the one --qcheck-model
+    checkpoints: dict[CheckpointRef, str] = field(default_factory=dict)
     # --qcheck-require-baselines: a default-matrix result with no comparable baseline fails
     require_baselines: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
@@ -68,9 +69,8 @@ class QcheckSession:
                 resolve(name)
             except ModelNotAvailable as error:
                 raise ValueError(f"--qcheck-model {name}: {error}") from None
-        quants = []
-        for text in dict.fromkeys(config.getoption("--qcheck-quant")):
-            quants.append(str(parse_quant_spec(text)))  # canonical form: one id per spec
+        # equal specs written two ways (gptq-act-w4, gptq-w4-act) are one quantizer
+        quants = list(dict.fromkeys(parse_quant_spec(text) for text in config.getoption("--qcheck-quant")))
         check_calibration_lengths(quants, models or zoo_names())
         cache = config.getoption("--qcheck-cache") or table.get("cache_dir")
         cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
@@ -101,7 +101,7 @@ class QcheckSession:
 
     def expected_failure(self, case: Case, analysis: str) -> ExpectedFailure | None:
         """The case's declaration, if any and if it applies under the case's thresholds."""
-        entry = self.expected_failures.get((case.model, case.quant, analysis))
+        entry = self.expected_failures.get((case.model, case.quant_id, analysis))
         return entry if entry is not None and entry.applies(self.thresholds_for(case.model)) else None
 
     def in_default_matrix(self, case: Case) -> bool:
@@ -164,18 +164,17 @@ class QcheckSession:
         """The quantized HF model for a case: from the disk cache, or computed and stored; for a
         checkpoint case, the checkpoint dequantized into a copy of the FP model."""
         from qcheck.quantize.cache import load_or_quantize
-        from qcheck.quantize.spec import parse_quant_spec
 
         def build():
             model = self.model(case.model)
-            if case.quant in self.checkpoints:
+            if isinstance(case.quant, CheckpointRef):
                 from qcheck.quantize.checkpoint import load_checkpoint
 
                 with self.progress.step(f"{case.id}: load {self.checkpoints[case.quant]}"):
                     return load_checkpoint(model.hf, self.checkpoints[case.quant], name=case.model,
                                            weight_digest=self.weight_digest(case.model))
             with self.progress.step(f"{case.id}: quantize") as step:
-                quantized = load_or_quantize(model.hf, parse_quant_spec(case.quant), cache_dir=self.cache_dir,
+                quantized = load_or_quantize(model.hf, case.quant, cache_dir=self.cache_dir,
                                              weight_digest=self.weight_digest(case.model),
                                              tokenizer=model.tokenizer.hf_tokenizer)
                 step.outcome = "from cache" if quantized.from_cache else "computed"

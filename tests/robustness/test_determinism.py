@@ -36,10 +36,10 @@ def smallest_zoo_model() -> str:
 
 def certify(cache_dir: Path) -> dict:
     """Every analysis but features (its basis is a frozen file) on one pair, through the session."""
-    session = QcheckSession(models=[smallest_zoo_model()], quants=[QUANT], device="cpu",
+    session = QcheckSession(models=[smallest_zoo_model()], quants=[parse_quant_spec(QUANT)], device="cpu",
                             base_thresholds=Thresholds(), pyproject_per_model={}, overrides=ThresholdOverrides(),
                             cache_dir=cache_dir, expected_failures=[])
-    pair = session.pair(Case(smallest_zoo_model(), QUANT))
+    pair = session.pair(Case(smallest_zoo_model(), parse_quant_spec(QUANT)))
     return {
         "from_cache": pair.quant.from_cache,
         "quantized_weights": pair.quant.quantized_digest,

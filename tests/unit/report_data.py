@@ -26,7 +26,7 @@ from qcheck.thresholds import Thresholds
 
 ANALYSIS_NAMES = tuple(ANALYSES)
 MODELS = {"zoo-small": 2, "zoo-large": 3}   # name -> n_layers
-QUANTS = ("rtn-w4", "gptq-w4")
+QUANTS = (parse_quant_spec("rtn-w4"), parse_quant_spec("gptq-w4"))
 N_HEADS = 4
 
 
@@ -70,19 +70,21 @@ def synthetic_result(analysis: str, n_layers: int, damage: float):
     raise ValueError(analysis)
 
 
-def fake_pair(case: Case, n_layers: int, worker_seed: int = 0):
-    """What entry_for_pair reads from a Pair, with a tiny module standing in for the weights."""
+def fake_pair(case: Case, n_layers: int, worker_seed: int = 0, spec=None):
+    """What entry_for_pair reads from a Pair, with a tiny module standing in for the weights;
+    `spec`: the QuantSpec applied, when it is not the case's own (a checkpoint's)."""
+    spec = case.quant if spec is None else spec
     module = torch.nn.Linear(3, 2)
     with torch.no_grad():
         module.weight.fill_(len(case.id))
         module.bias.zero_()
-    calibrated = case.quant.startswith("gptq")
+    calibrated = spec.needs_calibration
     return SimpleNamespace(
         case=case, captures=lambda prompt_set: (None, None),  # synthetic analyses read no capture
         fp_bridge=SimpleNamespace(cfg=SimpleNamespace(n_layers=n_layers, n_heads=N_HEADS, d_model=8)),
         fp=SimpleNamespace(spec=SimpleNamespace(name=case.model, kind="zoo", location=f"/zoo/{case.model}"),
                               n_params=10_000 * n_layers ** 3),
-        quant=SimpleNamespace(spec=parse_quant_spec(case.quant), weight_digest=f"fp-{case.model}",
+        quant=SimpleNamespace(spec=spec, weight_digest=f"fp-{case.model}",
                                   model=module, quantized_digest=model_digest(module), key=f"key-{case.id}",
                                   from_cache=bool(worker_seed),
                                   calibration_source="sampled n=128" if calibrated else None,
@@ -101,7 +103,7 @@ def cases() -> list[tuple[Case, int]]:
 
 
 def damage_of(case: Case) -> float:
-    return {"rtn-w4": 0.6, "gptq-w4": 0.02}[case.quant] / (1 if case.model == "zoo-small" else 3)
+    return {"rtn-w4": 0.6, "gptq-w4": 0.02}[case.quant_id] / (1 if case.model == "zoo-small" else 3)
 
 
 def partial(worker: str, selected: list[tuple[Case, int]], analyses=ANALYSIS_NAMES, worker_seed: int = 0) -> dict:
@@ -112,7 +114,7 @@ def partial(worker: str, selected: list[tuple[Case, int]], analyses=ANALYSIS_NAM
             result = synthetic_result(analysis, n_layers, damage_of(case))
             failed = bool(result.failures(Thresholds()))
             tests.append(entry_for_test(nodeid=f"tests/certify/test_{analysis}.py::test_{analysis}[{case.id}]",
-                                        pair_id=case.id, analysis=analysis,
+                                        case=case, analysis=analysis,
                                         outcome="failed" if failed else "passed", result=result,
                                         thresholds=Thresholds(), device="cpu", duration=0.5))
     pairs = [entry_for_pair(fake_pair(case, n, worker_seed), worker) for case, n in selected]

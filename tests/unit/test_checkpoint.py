@@ -18,7 +18,7 @@ from qcheck.models.digest import model_digest
 from qcheck.quantize.checkpoint import (CheckpointWarning, check_layout, check_tokenizer, checkpoint_name,
                                         export_checkpoint, load_checkpoint, open_checkpoint)
 from qcheck.quantize.checkpoint.format import layout_of
-from qcheck.quantize.spec import parse_quant_spec
+from qcheck.quantize.spec import CheckpointRef, parse_quant_spec
 
 from helpers import build_tiny
 
@@ -298,5 +298,5 @@ def test_layout_is_checked_from_headers_alone(tiny_gpt2_lm, ckpt):
 
 
 def test_checkpoint_name_is_the_sanitized_folder_name(tmp_path):
-    assert checkpoint_name(tmp_path / "My GPTQ model (4 bit)") == "checkpoint:My_GPTQ_model_4_bit"
-    assert checkpoint_name("/x/llama-7b-gptq/") == "checkpoint:llama-7b-gptq"
+    assert str(checkpoint_name(tmp_path / "My GPTQ model (4 bit)")) == "checkpoint:My_GPTQ_model_4_bit"
+    assert checkpoint_name("/x/llama-7b-gptq/") == CheckpointRef("llama-7b-gptq")

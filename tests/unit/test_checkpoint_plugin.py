@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from qcheck.pair import Case
+from qcheck.quantize.spec import CheckpointRef, parse_quant_spec
 from qcheck.suite.matrix import DEFAULT_QUANTS, build_cases, is_selected
 from qcheck.models.registry import ZOO_DIR, zoo_names
 
@@ -19,7 +20,8 @@ from helpers import build_tiny, plugin_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ["zoo-a", "zoo-b"]
-CKPT = "checkpoint:my-gptq"
+CKPT = CheckpointRef("my-gptq")
+RTN_W4, GPTQ_W4 = parse_quant_spec("rtn-w4"), parse_quant_spec("gptq-w4")
 
 
 def smallest_zoo_model() -> str:
@@ -35,8 +37,8 @@ def test_a_checkpoint_is_paired_with_the_named_model_only():
 def test_a_checkpoint_adds_to_the_selected_quantizers():
     assert is_selected(Case("gpt2", CKPT), ["gpt2"], [], [CKPT])
     assert all(is_selected(Case("gpt2", q), ["gpt2"], [], [CKPT]) for q in DEFAULT_QUANTS)
-    assert is_selected(Case("gpt2", CKPT), ["gpt2"], ["gptq-w4"], [CKPT])
-    assert not is_selected(Case("gpt2", "rtn-w4"), ["gpt2"], ["gptq-w4"], [CKPT])
+    assert is_selected(Case("gpt2", CKPT), ["gpt2"], [GPTQ_W4], [CKPT])
+    assert not is_selected(Case("gpt2", RTN_W4), ["gpt2"], [GPTQ_W4], [CKPT])
     assert not is_selected(Case("gpt2", CKPT), ["gpt2"], [], [])
 
 
@@ -56,7 +58,7 @@ PAIR_TEST = """
 import pytest
 @pytest.mark.activations
 def test_certify(pair):
-    assert str(pair.quant.spec) == ("checkpoint-w4" if ":" in pair.case.quant else pair.case.quant)
+    assert str(pair.quant.spec) == ("checkpoint-w4" if ":" in pair.case.quant_id else pair.case.quant_id)
 """
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qcheck.quantize.spec import GRAMMAR, QuantSpec, parse_quant_spec
+from qcheck.quantize.spec import GRAMMAR, CheckpointRef, QuantSpec, parse_quant_spec
 
 CANONICAL = [
     "rtn-w4", "rtn-w3-g64", "gptq-w4", "gptq-w4-g128-act", "rtn-w4-asym", "gptq-w4-damp0.1",
@@ -42,6 +42,19 @@ def test_tokens_in_any_order_give_the_canonical_form():
     assert str(parse_quant_spec("gptq-act-g128-w4")) == "gptq-w4-g128-act"
     assert str(parse_quant_spec("gptq-w4-sampled")) == "gptq-w4"  # the default is omitted
     assert str(parse_quant_spec("  rtn-w4 ")) == "rtn-w4"
+
+
+@pytest.mark.parametrize("text, without_bits", [
+    ("gptq-w4-g128-act", "gptq-g128-act"), ("rtn-w8", "rtn"), ("gptq-study-w3-n32", "gptq-study-n32"),
+    ("gptq-w4-file:/data/a-w8.txt", "gptq-file:/data/a-w8.txt"), ("checkpoint-w4-g32", "checkpoint-g32"),
+])
+def test_without_bits_drops_the_bit_width_only(text, without_bits):
+    assert parse_quant_spec(text).without_bits == without_bits
+
+
+def test_a_checkpoint_ref_is_named_whole():
+    ref = CheckpointRef("gptqmodel-gptq-w4g32")
+    assert str(ref) == ref.without_bits == "checkpoint:gptqmodel-gptq-w4g32" and ref.bits is None
 
 
 def test_file_source_keeps_hyphens_in_the_path():

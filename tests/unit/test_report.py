@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import report_data as data
 
+from qcheck.quantize.spec import CheckpointRef, QuantSpec
 from qcheck.report import certificate, table
 from qcheck.report.merge import merge
 from qcheck.suite.progress import Progress, terminal_progress
@@ -44,7 +45,7 @@ def test_the_validator_names_what_is_wrong(results, edit, problem):
 
 def test_nan_is_written_as_null():
     result = data.synthetic_result("circuits", 2, 0.5)
-    entry = data.entry_for_test(nodeid="t", pair_id="p", analysis="circuits", outcome="passed",
+    entry = data.entry_for_test(nodeid="t", case=data.cases()[0][0], analysis="circuits", outcome="passed",
                                 result=type(result)(**{**result.__dict__, "correlation": float("nan")}),
                                 thresholds=data.Thresholds())
     assert entry["metrics"]["summary"]["correlation"] is None
@@ -270,10 +271,52 @@ def test_terminal_summary_lists_failed_verdicts_up_to_a_limit(results, monkeypat
 def test_a_checkpoint_gets_its_own_column_at_its_specs_bit_width(results):
     doc = json.loads(dumps(results))
     pair = next(p for p in doc["pairs"] if p["id"] == "zoo-small-gptq-w4")
-    doc["pairs"].append({**pair, "id": "zoo-small-checkpoint:mine", "quant": {**pair["quant"], "name": "checkpoint:mine"}})
+    doc["pairs"].append({**pair, "id": "zoo-small-checkpoint:mine",
+                         "quant": {**pair["quant"], "name": "checkpoint:mine", "method": "checkpoint:mine"}})
     doc["tests"] += [{**t, "pair": "zoo-small-checkpoint:mine"} for t in doc["tests"] if t["pair"] == pair["id"]]
     t = table.scaling_table(doc)
     assert "checkpoint:mine survival" in t.headers
     assert t.rows[0][t.headers.index("checkpoint:mine survival")] == "2/2 (100%)"
     files = render(doc)
     assert "zoo-small-checkpoint_mine/circuits.png" in files
+
+
+def test_a_checkpoint_named_like_a_spec_keeps_its_whole_name_as_its_method(results):
+    case = data.Case("zoo-small", CheckpointRef("gptqmodel-gptq-w4g32"))
+    pair = data.fake_pair(case, n_layers=2, spec=QuantSpec("checkpoint", bits=4, group_size=32))  # its config's
+    doc = json.loads(dumps(results))
+    doc["pairs"].append(data.entry_for_pair(pair, worker="main"))
+    doc["tests"].append(data.entry_for_test(
+        nodeid=f"tests/certify/test_circuits.py::test_induction_heads[{case.id}]", case=case,
+        analysis="circuits", outcome="passed", result=data.synthetic_result("circuits", 2, 0.02),
+        thresholds=data.Thresholds()))
+    assert validate(json.loads(dumps(doc))) == []
+    t = table.scaling_table(doc)
+    column = t.headers.index("checkpoint:gptqmodel-gptq-w4g32 survival")
+    assert [row[2] for row in t.rows if row[column] != table.MISSING] == ["w4"]
+    assert not any("gptqg32" in header for header in t.headers)
+    assert ("zoo-small", "checkpoint:gptqmodel-gptq-w4g32") in {row[:2] for row in table.pair_table(doc).rows}
+
+
+def test_a_pair_never_built_is_named_by_its_tests(results):
+    doc = json.loads(dumps(results))
+    doc["pairs"] = [p for p in doc["pairs"] if p["id"] != "zoo-large-gptq-w4"]
+    for test in doc["tests"]:
+        if test["pair"] == "zoo-large-gptq-w4":
+            test.update(metrics=None, verdict=None, outcome="error")
+    row = next(r for r in table.pair_table(doc).rows if r[1] == "gptq-w4" and r[0] == "zoo-large")
+    assert row[-1].startswith("pass (no result: ")
+    t = table.scaling_table(doc)  # in the gptq column at w4, not a column and a row of its own
+    assert t.headers == ("model", "params", "bits", "rtn survival", "gptq survival", "rtn corr", "gptq corr")
+    assert [(r[2], r[3] != table.MISSING, r[4]) for r in t.rows if r[0] == "zoo-large"] == [("w4", True, table.MISSING)]
+
+
+def test_results_without_the_quantizer_names_stay_readable(results):
+    old = json.loads(dumps(results))  # as written before pairs had method/bits and tests model/quant
+    for pair in old["pairs"]:
+        del pair["quant"]["method"], pair["quant"]["bits"]
+    for test in old["tests"]:
+        del test["model"], test["quant"]
+    assert validate(old) == []
+    rows = table.scaling_table(old).rows  # each quantizer's name whole: its own column
+    assert [row[:3] for row in rows] == [("zoo-small", "80k", "w4"), ("zoo-large", "270k", "w4")]

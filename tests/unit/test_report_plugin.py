@@ -33,7 +33,7 @@ FAILS = sorted({f.criterion for f in data.synthetic_result("circuits", 2, 0.6).f
 @pytest.fixture
 def suite(pytester, monkeypatch):
     monkeypatch.setattr(QcheckSession, "pair", lambda self, case: data.fake_pair(case, n_layers=2))
-    monkeypatch.setattr(data, "damage_of", lambda case: {"rtn-w4": 0.6, "gptq-w4": 0.02}[case.quant])
+    monkeypatch.setattr(data, "damage_of", lambda case: {"rtn-w4": 0.6, "gptq-w4": 0.02}[case.quant_id])
     monkeypatch.delenv("CI", raising=False)
     plugin_suite(pytester, CIRCUITS_TEST, conftest=FIXED_HEADER_CONFTEST)
     return pytester

@@ -31,7 +31,7 @@ from qcheck.models.directory import indexed_shards, pickled_files
 from qcheck.models.tokenizer import has_tokenizer_files
 from qcheck.quantize.linears import get_rows, named_block_linears
 from qcheck.quantize.packing import SUPPORTED_BITS, WORD
-from qcheck.quantize.spec import GROUP_SIZES, QuantSpec
+from qcheck.quantize.spec import GROUP_SIZES, CheckpointRef, QuantSpec
 
 CONFIG_FILES = ("quantize_config.json", "quant_config.json", "config.json")
 FORMATS = {"gptq": "v1", "gptq_v2": "v2"}
@@ -341,7 +341,7 @@ def check_tokenizer(ckpt: Checkpoint, fp_vocab: dict[str, int] | None, fp_name: 
                           f"{changed[0]!r}); it was quantized from a model with another tokenizer")
 
 
-def checkpoint_name(directory: str | Path) -> str:
-    """The quantizer name of a checkpoint in test ids: `checkpoint:<folder name, sanitized>`."""
+def checkpoint_name(directory: str | Path) -> CheckpointRef:
+    """The checkpoint as a quantizer: its folder name, sanitized (`checkpoint:<name>` in test ids)."""
     folder = Path(directory).expanduser().resolve().name
-    return "checkpoint:" + (re.sub(r"[^A-Za-z0-9._-]+", "_", folder).strip("._-") or "checkpoint")
+    return CheckpointRef(re.sub(r"[^A-Za-z0-9._-]+", "_", folder).strip("._-") or "checkpoint")
