@@ -131,7 +131,7 @@ def run_shape(model_dir: Path, quants: list[str], cache: Path) -> dict:
     from qcheck.suite.options import ThresholdOverrides
 
     name = str(model_dir)
-    session = QcheckSession(models=[name], quants=[str(parse_quant_spec(q)) for q in quants], device="cpu",
+    session = QcheckSession(models=[name], quants=[parse_quant_spec(q) for q in quants], device="cpu",
                             base_thresholds=Thresholds(), pyproject_per_model={}, overrides=ThresholdOverrides(),
                             cache_dir=cache, expected_failures={})
     stages: list[tuple[str, float, int, int | None]] = []
@@ -158,6 +158,7 @@ def run_shape(model_dir: Path, quants: list[str], cache: Path) -> dict:
         session.fp_bridge(name)
     for quant in session.quants:
         case = Case(name, quant)
+        quant = case.quant_id
         with stage(f"quantize {quant}"):
             session.quantized(case)
         with stage(f"pair {quant}"):
@@ -176,7 +177,7 @@ def run_shape(model_dir: Path, quants: list[str], cache: Path) -> dict:
         with stage(f"report {quant}"):
             entry_for_pair(pair, "main")
             for analysis_name, result in results.items():
-                entry_for_test(nodeid=analysis_name, pair_id=case.id, analysis=analysis_name, outcome="passed",
+                entry_for_test(nodeid=analysis_name, case=case, analysis=analysis_name, outcome="passed",
                                result=result, thresholds=thresholds)
         del pair, results
         with stage(f"release {quant}"):  # what the pair fixture's teardown does before the next case

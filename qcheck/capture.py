@@ -107,6 +107,34 @@ def pad_prompts(prompts: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
     return tokens, mask
 
 
+class _BlocksDone(Exception):
+    """Raised at the final norm's input: everything the hooks want has been seen."""
+
+
+def _blocks_only(bridge, chunk: Tensor, names: list[str]) -> dict[str, Tensor]:
+    """The named hooks' activations on one batch, stopping before the final norm, so no
+    (batch, pos, d_vocab) logits are made. (The bridge's stop_at_layer does not stop when it is
+    n_layers: it would still unembed.)"""
+    store: dict[str, Tensor] = {}
+
+    def keep(name: str):  # stored under the name asked for: TL names like hook_resid_post are aliases
+        def hook_fn(tensor: Tensor, hook) -> None:
+            store[name] = tensor.detach()
+        return hook_fn
+
+    def stop(tensor: Tensor, hook) -> None:
+        raise _BlocksDone
+
+    try:
+        bridge.run_with_hooks(chunk, fwd_hooks=[*((name, keep(name)) for name in names), ("ln_final.hook_in", stop)])
+    except _BlocksDone:
+        pass
+    missing = [name for name in names if name not in store]
+    if missing:
+        raise ValueError(f"hooks {missing} did not fire before the final norm (unknown or after it)")
+    return store
+
+
 @torch.no_grad()
 def capture(bridge, tokens: Tensor, mask: Tensor, *, names: list[str] | None = None,
             lens: bool = True, batch_size: int = 16, logit_positions: slice | None = slice(None),
@@ -127,8 +155,8 @@ def capture(bridge, tokens: Tensor, mask: Tensor, *, names: list[str] | None = N
             logits, cache = bridge.run_with_cache(chunk, names_filter=names)
             # a copy of the window: a view would keep the whole batch alive
             logits_parts.append(logits[:, logit_positions].float().cpu().clone(memory_format=torch.contiguous_format))
-        else:  # no vocabulary-wide logits at all: stop after the last block
-            _, cache = bridge.run_with_cache(chunk, names_filter=names, stop_at_layer=n_layers)
+        else:  # no vocabulary-wide logits at all
+            cache = _blocks_only(bridge, chunk, names)
         for name in names:
             acts_parts[name].append(cache[name].float().cpu())
         if lens:

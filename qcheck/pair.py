@@ -17,6 +17,7 @@ from qcheck.analyses.base import PROMPT_SETS, PromptSet
 from qcheck.capture import Capture, block_hooks, capture, pad_prompts
 from qcheck.data.induction import INDUCTION_HALF, INDUCTION_SEED, repeated_random_tokens
 from qcheck.data.prompts import LOGIT_LENS, encode_prompts, natural_texts
+from qcheck.memory import release_freed_memory
 from qcheck.models.load import LoadedModel
 
 if TYPE_CHECKING:
@@ -91,4 +92,5 @@ class Pair:
             raise ValueError(f"unknown prompt set {prompt_set!r}; expected one of {PROMPT_SETS}")
         if prompt_set not in self._quant_captures:
             self._quant_captures[prompt_set] = capture_prompt_set(self.quant_bridge, self.fp, prompt_set)
+            release_freed_memory()
         return self.fp_capture(prompt_set), self._quant_captures[prompt_set]

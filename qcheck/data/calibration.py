@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from qcheck.memory import release_freed_memory
 from qcheck.models.context import context_of
 
 DEFAULT_MAX_SEQ_LEN = 128   # the default sequence length is the model's context, at most this
@@ -76,8 +77,11 @@ def sampled(hf_model, *, n_samples: int, seq_len: int, seed: int) -> Calibration
     was_training = hf_model.training
     hf_model.eval()  # dropout off; restored below
     try:
-        parts = [_sample_batch(hf_model, bos, min(SAMPLING_BATCH, n_samples - start), seq_len, generator, device)
-                 for start in range(0, n_samples, SAMPLING_BATCH)]
+        parts = []
+        for start in range(0, n_samples, SAMPLING_BATCH):
+            parts.append(_sample_batch(hf_model, bos, min(SAMPLING_BATCH, n_samples - start), seq_len,
+                                       generator, device))
+            release_freed_memory()  # the batch's key/value cache (300 MiB at GPT-2 small's shape)
     finally:
         hf_model.train(was_training)
     tokens = torch.cat(parts)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from qcheck.quantize.grid import GridSpec, QuantizedWeight, on_float32_grid
 from qcheck.quantize.hessian import HessianAccumulator
+from qcheck.memory import release_freed_memory
 from qcheck.quantize.linears import (block_linears, copy_with_own_linears, find_blocks, get_rows,
                                      named_block_linears, set_rows)
 from qcheck.quantize.spec import QuantSpec
@@ -98,13 +99,15 @@ def quantize_weight(weight: Float[Tensor, "d_out d_in"], hessian: Float[Tensor, 
 def quantize_model(hf_model: nn.Module, spec: QuantSpec,
                    calibration_tokens: Int[Tensor, "n_samples seq_len"] | None = None,
                    *, batch_size: int = BATCH_SIZE,
-                   on_layer: Callable[[str, QuantizedWeight], None] | None = None) -> tuple[nn.Module, QuantReport]:
+                   on_layer: Callable[[str, QuantizedWeight], None] | None = None,
+                   progress: Callable[[str], None] | None = None) -> tuple[nn.Module, QuantReport]:
     """A quantized copy of `hf_model` (in eval mode; linears.copy_with_own_linears) and a report;
     the caller's model is untouched.
 
     calibration_tokens are required by GPTQ (see qcheck.data.calibration), ignored by RTN.
     on_layer(name, q) receives each linear's QuantizedWeight (codes, scales, zeros, g_idx) as it
     is made, e.g. to pack it into a checkpoint (checkpoint/export.py) without keeping them all.
+    progress(text) hears each block as GPTQ starts it ("block 3/12").
     """
     if spec.needs_calibration and calibration_tokens is None:
         raise ValueError(f"quantize_model: {spec} needs calibration tokens (n_samples, seq_len); "
@@ -121,6 +124,8 @@ def quantize_model(hf_model: nn.Module, spec: QuantSpec,
     path, blocks = find_blocks(model)
     inputs = capture_block_inputs(model, blocks, calibration_tokens, batch_size)
     for l, block in enumerate(blocks):
+        if progress is not None:
+            progress(f"block {l + 1}/{len(blocks)}")
         linears = block_linears(block)
         groups = input_groups(block, linears, inputs[0]) if spec.true_sequential else [list(linears)]
         for group in groups:
@@ -129,6 +134,8 @@ def quantize_model(hf_model: nn.Module, spec: QuantSpec,
                 layers.append(_quantize_linear(f"{path}.{l}.{name}", linears[name], hessians[name], spec,
                                                on_layer))
         inputs = [(_output(block(hidden, *args, **kwargs)), args, kwargs) for hidden, args, kwargs in inputs]
+        del hessians
+        release_freed_memory()  # a block's Hessians and solver temporaries, before the next block's
     return model, QuantReport(str(spec), layers, time.perf_counter() - start)
 
 

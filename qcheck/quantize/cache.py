@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,19 +46,22 @@ def cache_key(weight_digest: str, spec: QuantSpec, calibration_digest: str | Non
 
 def load_or_quantize(hf_model: nn.Module, spec: QuantSpec, *, calibration: Calibration | Tensor | None = None,
                      tokenizer=None, cache_dir: str | Path | None = None, weight_digest: str | None = None,
-                     lock_timeout: float = -1) -> QuantizedModel:
+                     lock_timeout: float = -1, progress: Callable[[str], None] | None = None) -> QuantizedModel:
     """The quantized copy of `hf_model` for `spec`, from the cache or computed and stored.
 
     calibration: a Calibration (qcheck.data.calibration), a raw (n_samples, seq_len) token tensor,
     or None to build the one the spec names (sampled tokens are cached). Ignored by RTN.
     weight_digest: model_digest(hf_model) if the caller already has it. lock_timeout: seconds to
-    wait for another process computing the same entry (-1: for ever).
+    wait for another process computing the same entry (-1: for ever). progress(text) hears what
+    a long computation is doing ("calibration", "block 3/12").
     """
     if not spec.needs_calibration and spec.method != "rtn":
         raise ValueError(f"load_or_quantize: {spec} names a checkpoint to load, not a quantizer to run; "
                          "use qcheck.quantize.checkpoint")
     root = cache_root(cache_dir)
     weight_digest = weight_digest or model_digest(hf_model)
+    if progress is not None and spec.needs_calibration and calibration is None:
+        progress("calibration")
     calibration = resolve_calibration(hf_model, spec, calibration, weight_digest=weight_digest, cache_dir=root,
                                       tokenizer=tokenizer, lock_timeout=lock_timeout)
     calibration_digest = calibration.digest if calibration is not None else None
@@ -74,7 +78,8 @@ def load_or_quantize(hf_model: nn.Module, spec: QuantSpec, *, calibration: Calib
                                       report=QuantReport.from_dict(found[1]["report"]), **common)
             entry.problem = "its tensors do not match this model's block linears"
         note = entry.problem
-        model, report = quantize_model(hf_model, spec, calibration.tokens if calibration is not None else None)
+        model, report = quantize_model(hf_model, spec, calibration.tokens if calibration is not None else None,
+                                       progress=progress)
         entry.write(_block_weights(model), {"spec": str(spec), "weight_digest": weight_digest,
                                             "calibration_digest": calibration_digest,
                                             "calibration_source": common["calibration_source"],

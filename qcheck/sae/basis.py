@@ -47,8 +47,9 @@ def training_activations(hf_model, fp_bridge, n_ctx: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def sae_for(model, fp_bridge, *, weight_digest: str, cache_dir: Path) -> SAE:
-    """The shipped SAE of a zoo model, else the cached one, else a freshly trained one."""
+def sae_for(model, fp_bridge, *, weight_digest: str, cache_dir: Path, progress=None) -> SAE:
+    """The shipped SAE of a zoo model, else the cached one, else a freshly trained one;
+    progress(text), if given, hears the training's stages ("sampling", "training")."""
     shipped = Path(model.spec.location) / SAE_FILE
     if model.spec.kind == "zoo" and shipped.is_file():
         sae = SAE.load(shipped)
@@ -65,7 +66,12 @@ def sae_for(model, fp_bridge, *, weight_digest: str, cache_dir: Path) -> SAE:
         found = entry.read()
         if found is not None:
             return SAE.from_tensors(SAEConfig(**found[1]["config"]), found[0])
-        sae = train_sae(training_activations(model.hf, fp_bridge, model.n_ctx), seed=SAE_SEED)
+        if progress is not None:
+            progress("sampling")
+        acts = training_activations(model.hf, fp_bridge, model.n_ctx)
+        if progress is not None:
+            progress(f"training on {len(acts)} tokens")
+        sae = train_sae(acts, seed=SAE_SEED)
         entry.write(sae.tensors(), {"config": vars(sae.cfg), "digest": sae.digest(), "recipe": RECIPE})
     return sae
 

@@ -26,9 +26,15 @@ from collections.abc import Callable, Iterator
 
 @dataclass
 class Step:
-    """What a running step reports at its end: set `outcome` (e.g. "from cache")."""
+    """What a running step reports at its end: set `outcome` (e.g. "from cache"). `say(text)`
+    adds to the step's line while it runs ("block 3/12"); silent when the progress is."""
 
     outcome: str = ""
+    _more: Callable[[str], None] | None = None
+
+    def say(self, text: str) -> None:
+        if self._more is not None:
+            self._more(f" {text}")
 
 
 class Progress:
@@ -36,8 +42,8 @@ class Progress:
     begin(text) starts a line, end(text) completes it."""
 
     def __init__(self, begin: Callable[[str], None] | None = None,
-                 end: Callable[[str], None] | None = None) -> None:
-        self._begin, self._end = begin, end
+                 end: Callable[[str], None] | None = None, more: Callable[[str], None] | None = None) -> None:
+        self._begin, self._end, self._more = begin, end, more
 
     @property
     def silent(self) -> bool:
@@ -45,10 +51,10 @@ class Progress:
 
     @contextlib.contextmanager
     def step(self, what: str) -> Iterator[Step]:
-        step = Step()
         if self.silent:
-            yield step
+            yield Step()
             return
+        step = Step(_more=self._more)
         self._begin(f"qcheck: {what} ...")
         start = time.perf_counter()
         try:
@@ -80,9 +86,14 @@ def terminal_progress(config) -> Progress:
                 reporter.ensure_newline()
                 reporter.write(text, flush=True)
 
+    def more(text: str) -> None:
+        with terminal() as reporter:
+            if reporter is not None:
+                reporter.write(text, flush=True)
+
     def end(text: str) -> None:
         with terminal() as reporter:
             if reporter is not None:
                 reporter.write(text + "\n", flush=True)
 
-    return Progress(begin, end)
+    return Progress(begin, end, more)

@@ -127,13 +127,19 @@ class QcheckSession:
     # --- built once per worker ------------------------------------------------------------
     def _once(self, key, build):
         if key not in self._memo:
+            from qcheck.memory import release_freed_memory
+
             self._memo[key] = build()
+            release_freed_memory()  # a build's temporaries must not add to the next one's peak
         return self._memo[key]
 
     def model(self, name: str):
         from qcheck.models.load import load_model
 
-        return self._once(("model", name), lambda: load_model(name, device=self.device))
+        def build():
+            with self.progress.step(f"{name}: load"):
+                return load_model(name, device=self.device)
+        return self._once(("model", name), build)
 
     def fp_bridge(self, name: str):
         from qcheck.models.bridge import wrap
@@ -156,8 +162,9 @@ class QcheckSession:
 
         def build():
             model, bridge = self.model(name), self.fp_bridge(name)
-            with self.progress.step(f"{name}: SAE basis (shipped, cached or trained)"):
-                return sae_for(model, bridge, weight_digest=self.weight_digest(name), cache_dir=self.cache_dir)
+            with self.progress.step(f"{name}: SAE basis (shipped, cached or trained)") as step:
+                return sae_for(model, bridge, weight_digest=self.weight_digest(name), cache_dir=self.cache_dir,
+                               progress=step.say)
         return self._once(("sae", name), build)
 
     def quantized(self, case: Case):
@@ -176,7 +183,7 @@ class QcheckSession:
             with self.progress.step(f"{case.id}: quantize") as step:
                 quantized = load_or_quantize(model.hf, case.quant, cache_dir=self.cache_dir,
                                              weight_digest=self.weight_digest(case.model),
-                                             tokenizer=model.tokenizer.hf_tokenizer)
+                                             tokenizer=model.tokenizer.hf_tokenizer, progress=step.say)
                 step.outcome = "from cache" if quantized.from_cache else "computed"
             return quantized
         return self._once(("quantized", case), build)
@@ -197,11 +204,11 @@ class QcheckSession:
     def release(self, case: Case) -> None:
         """Drop a pair's quantized model, bridge and captures (its tests are done; pytest tears the
         session-scoped pair down before it builds the next one), so a run holds one at a time."""
-        import gc
+        from qcheck.memory import release_freed_memory
 
         self._memo.pop(("pair", case), None)
         self._memo.pop(("quantized", case), None)
-        gc.collect()
+        release_freed_memory()
 
     def pair_entry(self, case: Case, worker: str) -> dict:
         """What the report says of a pair (qcheck/report/results.py), kept when it was recorded."""

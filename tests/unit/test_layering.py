@@ -17,19 +17,20 @@ PACKAGE = Path(__file__).resolve().parents[2] / "qcheck"
 # part -> the parts it may import (docs/architecture.md, "Parts and allowed imports").
 ALLOWED = {
     "files": set(),
+    "memory": set(),
     "verdict": set(),
     "metrics": set(),
     "models": {"files"},
-    "data": {"models"},
+    "data": {"models", "memory"},
     "capture": set(),
     "sae": {"data", "models", "quantize", "files"},
     "analyses": {"capture", "metrics", "verdict", "data", "sae"},
     "thresholds": {"analyses"},
     "drift": {"analyses"},
-    "quantize": {"files", "data", "models"},
-    "pair": {"analyses", "capture", "data", "models"},
+    "quantize": {"files", "data", "models", "memory"},
+    "pair": {"analyses", "capture", "data", "models", "memory"},
     "report": {"analyses", "files", "data", "sae", "thresholds", "drift", "metrics"},
-    "suite": {"files", "verdict", "metrics", "models", "data", "capture", "sae", "analyses",
+    "suite": {"files", "memory", "verdict", "metrics", "models", "data", "capture", "sae", "analyses",
               "thresholds", "drift", "quantize", "pair", "report"},
 }
 TEST_FRAMEWORKS = ("pytest", "_pytest", "syrupy", "xdist", "hypothesis")

@@ -238,6 +238,25 @@ def test_progress_completes_its_line_with_the_time_and_outcome():
     assert written[3].startswith(" failed after")
 
 
+def test_a_long_step_says_what_it_is_doing_on_its_line():
+    """GPTQ names each block as it starts it, after the calibration (qcheck/quantize/cache.py)."""
+    import tempfile
+
+    from qcheck.quantize.cache import load_or_quantize
+    from qcheck.quantize.spec import parse_quant_spec
+    from tests.helpers import build_tiny
+
+    written = []
+    progress = Progress(begin=written.append, end=written.append, more=written.append)
+    with tempfile.TemporaryDirectory() as cache, progress.step("tiny-gptq-w4: quantize") as step:
+        load_or_quantize(build_tiny("gpt2").eval(), parse_quant_spec("gptq-w4-n8-len16"), cache_dir=cache,
+                         progress=step.say)
+    assert written[:4] == ["qcheck: tiny-gptq-w4: quantize ...", " calibration", " block 1/2", " block 2/2"]
+    assert written[4].endswith(" s") and len(written) == 5
+    with Progress().step("silent") as step:
+        step.say("nothing is written")
+
+
 def test_progress_shows_under_q_and_is_silent_under_qq_in_ci_and_in_workers(monkeypatch):
     with Progress().step("nothing") as step:
         step.outcome = "quiet"
