@@ -63,3 +63,76 @@ def has_tokenizer_files(directory: str) -> bool:
     """Whether `directory` holds the files of an HF tokenizer (a checkpoint may ship one)."""
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
     return any((Path(directory) / name).is_file() for name in names)
+
+
+# Files that carry a vocabulary in a format read here only as "a real tokenizer" (SentencePiece,
+# WordPiece): their presence means the tokenizer is not a synthesised, special-tokens-only one.
+_OPAQUE_VOCABULARIES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.txt")
+_SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
+
+def synthesised_tokenizer(directory: str) -> str | None:
+    """What a tokenizer made from nothing holds, or None if `directory` has a real tokenizer (or none).
+
+    A tool that saves a model with no tokenizer beside it may still write tokenizer files:
+    transformers 5 `AutoTokenizer` fabricates one from the config (GPTQModel 7.6 saves it), with
+    no vocabulary but its special tokens (`<|endoftext|>`, `<|padding|>`) and no merges. Such
+    files say nothing about which model was quantized. Read as JSON, never executed: a tokenizer
+    is synthesised when tokenizer.json, vocab.json and merges.txt (those present) hold no token
+    that is not special (tokenizer.json `added_tokens` with `special`, or tokenizer_config.json's
+    bos/eos/unk/pad/... tokens) and no merge, and no SentencePiece/WordPiece vocabulary file is
+    there. Anything unreadable or unexpected counts as real (and is compared as one).
+    """
+    import json
+
+    path = Path(directory)
+    present = [name for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+               if (path / name).is_file()]
+    if not present or any((path / name).is_file() for name in _OPAQUE_VOCABULARIES):
+        return None
+    special: set[str] = set()
+    tokens: set[str] = set()
+    try:
+        def read(name: str):
+            return json.loads((path / name).read_text(encoding="utf-8")) if (path / name).is_file() else None
+
+        config = read("tokenizer_config.json") or {}
+        for key in _SPECIAL_KEYS:
+            value = config.get(key)
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                special.add(value)
+        for token in config.get("additional_special_tokens") or []:
+            special.add(token.get("content") if isinstance(token, dict) else token)
+        for token in (config.get("added_tokens_decoder") or {}).values():
+            (special if token.get("special") else tokens).add(token["content"])
+        whole = read("tokenizer.json")
+        if whole is not None:
+            for token in whole.get("added_tokens") or []:
+                (special if token.get("special") else tokens).add(token["content"])
+            model = whole.get("model") or {}
+            vocab = model.get("vocab", {})
+            if isinstance(vocab, dict):
+                tokens.update(vocab)
+            elif isinstance(vocab, list):  # Unigram: [[token, score], ...]
+                tokens.update(entry[0] for entry in vocab)
+            else:
+                return None
+            if model.get("merges"):
+                return None
+        vocab_json = read("vocab.json")
+        if vocab_json is not None:
+            if not isinstance(vocab_json, dict):
+                return None
+            tokens.update(vocab_json)
+        if (path / "merges.txt").is_file():
+            lines = (path / "merges.txt").read_text(encoding="utf-8").splitlines()
+            if any(line.strip() and not line.startswith("#version") for line in lines):
+                return None
+    except (OSError, ValueError, AttributeError, TypeError, KeyError, IndexError):
+        return None
+    if tokens - special:
+        return None
+    return (f"{', '.join(present)}: a tokenizer with no vocabulary but its {len(special)} special token(s) "
+            f"({', '.join(sorted(special)) or 'none'}) and no merges, as tools write when the model had no tokenizer "
+            f"beside it; ignored: the FP model's tokenizer is used")

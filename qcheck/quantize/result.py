@@ -20,6 +20,7 @@ class QuantizedModel:
     weight_digest is the FP model's (models/digest.py); quantized_digest the quantized copy's.
     calibration_source / calibration_digest are None for methods without calibration (RTN).
     cache_note says why an existing entry was not used ("missing", "sha256 ... does not match"...).
+    notes: caveats of a loaded checkpoint (a synthesised tokenizer ignored, ...), in the report.
     """
 
     model: nn.Module
@@ -31,6 +32,7 @@ class QuantizedModel:
     report: QuantReport
     key: str
     cache_note: str | None = None
+    notes: tuple[str, ...] = ()  # a checkpoint's: what was ignored, how its other tensors were checked
 
     @cached_property
     def quantized_digest(self) -> str:

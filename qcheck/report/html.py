@@ -89,6 +89,7 @@ def _pair_section(pair_id: str, cert: dict, slug: str, plots: list[tuple[str, st
                  f"quantized weights <code>{_e(quant['weight_digest'][:16])}</code>",
                  "calibration " + (f"{_e(calibration['source'])} <code>{_e(calibration['digest'][:16])}</code>"
                                    if calibration["source"] else "none")]
+        facts += [f"note: {_e(note)}" for note in quant.get("notes") or []]
     if cert["not_run"]:
         facts.append("not run: " + ", ".join(cert["not_run"]))
     figures = "".join(f"<figure><img src='{_e(path)}' alt='{_e(pair_id)} {_e(analysis)}'>"

@@ -58,7 +58,9 @@ PAIR = _obj("One (model, quantizer) case: exactly what was certified.", {
         "weight_digest": {**_STR, "description": "sha256 over the quantized model's state_dict"},
         "cache_key": _STR,
         "calibration": _obj("Calibration data; null fields for methods without (RTN).",
-                            {"source": _opt(_STR), "digest": _opt(_STR)})}),
+                            {"source": _opt(_STR), "digest": _opt(_STR)}),
+        "notes": {**_STRINGS, "description": "a checkpoint's caveats: files ignored (a tokenizer the tool "
+                                             "synthesised) and how its unquantized tensors were checked"}}),
     "seeds": {"type": "object", "description": "every seed the pair's numbers depend on",
               "additionalProperties": {"type": ["integer", "null"]}},
     "builds": {"type": "array", "description": "volatile: one entry per process that built the pair",
@@ -98,7 +100,7 @@ TEST["required"].remove("criteria")  # added in qcheck 0.1: older results.json f
 # added later (what the tables read, qcheck/report/table.py): older results.json files lack them too
 TEST["required"] = [key for key in TEST["required"] if key not in ("model", "quant")]
 PAIR["properties"]["quant"]["required"] = [key for key in PAIR["properties"]["quant"]["required"]
-                                           if key not in ("method", "bits")]
+                                           if key not in ("method", "bits", "notes")]
 
 SCHEMA = _obj("qcheck results: every metric of every (model, quantizer, analysis) of one run.", {
     "schema": {"const": SCHEMA_ID},

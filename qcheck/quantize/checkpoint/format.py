@@ -5,7 +5,12 @@ or `config.json` → `quantization_config`, looked up in that order as GPTQModel
 present must agree) and
 safetensors files with, per quantized linear, `<module>.qweight/.qzeros/.scales/.g_idx` (layout:
 packing.py), module names as in the HF model's state dict (`transformer.h.0.attn.c_attn`,
-`gpt_neox.layers.0.attention.query_key_value`), plus the model's unquantized tensors.
+`gpt_neox.layers.0.attention.query_key_value`), plus the model's unquantized tensors. Tensor
+names are read as transformers reads a checkpoint of the FP model's class (`memory_names`): its
+checkpoint conversion mapping (the `WeightRenaming`s of transformers 5
+`get_model_conversion_mapping`, e.g. GPT-NeoX's on-disk `embed_out.*` -> in-memory `lm_head.*`;
+transformers 4's `_checkpoint_conversion_mapping`) and the base-model prefix added or dropped, so
+both the names `save_pretrained` writes and the `state_dict()` names (what GPTQModel writes) match.
 
 The format (GPTQModel config.py): `checkpoint_format` "gptq" is v1 (zero − 1 stored), "gptq_v2"
 is v2; a missing key means v1. Kernel-specific repackings (marlin, bitblas) and other methods
@@ -20,6 +25,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from math import ceil
 from pathlib import Path
 
@@ -28,7 +34,7 @@ from torch import nn
 
 from qcheck.files import read_json_object
 from qcheck.models.directory import indexed_shards, pickled_files
-from qcheck.models.tokenizer import has_tokenizer_files
+from qcheck.models.tokenizer import has_tokenizer_files, synthesised_tokenizer
 from qcheck.quantize.linears import get_rows, named_block_linears
 from qcheck.quantize.packing import SUPPORTED_BITS, WORD
 from qcheck.quantize.spec import GROUP_SIZES, CheckpointRef, QuantSpec
@@ -81,7 +87,8 @@ class Checkpoint:
     path: Path
     quant: GPTQConfig
     model_config: dict | None      # config.json minus quantization_config, if present
-    tensors: dict[str, TensorInfo]
+    tensors: dict[str, TensorInfo]  # by the names stored in the files
+    notes: tuple[str, ...] = ()    # what was ignored, and why (e.g. a synthesised tokenizer)
 
     def refuse(self, problem: str) -> ValueError:
         return ValueError(f"checkpoint {self.path}: {problem}")
@@ -100,7 +107,9 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
     model_config = read_json_object(path / "config.json") if (path / "config.json").is_file() else None
     if model_config is not None:
         model_config.pop("quantization_config", None)
-    return Checkpoint(path=path, quant=quant, model_config=model_config, tensors=_headers(path))
+    tokenizer = synthesised_tokenizer(str(path))
+    notes = (f"checkpoint {path.name}: {tokenizer}",) if tokenizer else ()
+    return Checkpoint(path=path, quant=quant, model_config=model_config, tensors=_headers(path), notes=notes)
 
 
 def read_quant_config(path: Path) -> GPTQConfig:
@@ -219,6 +228,39 @@ class Layout:
     tensors: dict[str, tuple[int, ...]]      # state_dict name -> shape
     buffers: frozenset[str]                  # buffer names a checkpoint may carry (ignored)
     linears: dict[str, tuple[int, int]]      # block linear module name -> (d_in, d_out)
+    renamings: tuple = ()                    # transformers' load-time key renamings for the class
+    base_model_prefix: str = ""              # e.g. "gpt_neox", "transformer"
+
+    @cached_property
+    def known(self) -> frozenset[str]:
+        """The state_dict names, with each block linear's weight (its quantized parts' owner)."""
+        return frozenset(self.tensors) | {f"{module}.weight" for module in self.linears}
+
+    def memory_name(self, key: str) -> str:
+        """The state_dict name of a checkpoint key: the key itself if it is one (what GPTQModel
+        writes), else what transformers renames it to when it loads this model (what
+        `save_pretrained` writes)."""
+        quantized = key.rpartition(".")[2] in QUANTIZED_PARTS
+
+        def probe(name: str) -> str:  # a quantized part is known by its linear's weight
+            return f"{name.rpartition('.')[0]}.weight" if quantized else name
+
+        if probe(key) in self.known:
+            return key
+        renamed = key
+        for renaming in self.renamings:
+            if hasattr(renaming, "rename_source_key"):  # transformers 5 WeightRenaming
+                renamed, _ = renaming.rename_source_key(renamed)
+            else:                                       # transformers 4: a regex substitution
+                renamed = renaming(renamed)
+        prefix, known = self.base_model_prefix, self.known
+        if not prefix or probe(renamed) in known:
+            return renamed
+        if renamed.startswith(prefix + ".") and probe(renamed[len(prefix) + 1:]) in known:
+            return renamed[len(prefix) + 1:]
+        if probe(f"{prefix}.{renamed}") in known:
+            return f"{prefix}.{renamed}"
+        return renamed
 
 
 def layout_of(hf_model: nn.Module, name: str) -> Layout:
@@ -226,21 +268,70 @@ def layout_of(hf_model: nn.Module, name: str) -> Layout:
     linears = {name: tuple(reversed(get_rows(module).shape)) for name, module in named_block_linears(hf_model)}
     return Layout(name=name, config=hf_model.config.to_dict(),
                   tensors={k: tuple(v.shape) for k, v in hf_model.state_dict().items()},
-                  buffers=frozenset(n for n, _ in hf_model.named_buffers()), linears=linears)
+                  buffers=frozenset(n for n, _ in hf_model.named_buffers()), linears=linears,
+                  renamings=_renamings(hf_model), base_model_prefix=getattr(hf_model, "base_model_prefix", "") or "")
+
+
+def _renamings(hf_model: nn.Module) -> tuple:
+    """The key renamings transformers applies when it loads a checkpoint into `hf_model`.
+
+    transformers 5: the `WeightRenaming`s of `get_model_conversion_mapping` (per class or
+    model_type, plus the legacy gamma/beta ones); its `WeightConverter`s (tensors fused or split on
+    load) are not renamings and are left out, so such keys stay unmatched and are refused by name.
+    transformers 4: the model's `_checkpoint_conversion_mapping` {regex: replacement}.
+    """
+    renamings: list = []
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+
+        renamings = [t for t in get_model_conversion_mapping(hf_model) if isinstance(t, WeightRenaming)]
+    except (ImportError, AttributeError, TypeError, ValueError):
+        pass
+    legacy = getattr(hf_model, "_checkpoint_conversion_mapping", None)
+    if isinstance(legacy, dict):
+        renamings += [lambda key, pattern=pattern, to=to: re.sub(pattern, to, key)
+                      for pattern, to in legacy.items()]
+    return tuple(renamings)
+
+
+def memory_names(ckpt: Checkpoint, layout: Layout) -> dict[str, str]:
+    """{state_dict name: name stored in the checkpoint} for every checkpoint tensor.
+
+    Refuses a checkpoint that stores one tensor under two names (e.g. both `embed_out.weight`
+    and `lm_head.weight` of a GPT-NeoX model): which one the FP model would load is ambiguous.
+    """
+    names: dict[str, str] = {}
+    for stored in sorted(ckpt.tensors):
+        memory = layout.memory_name(stored)
+        if memory in names:
+            raise ckpt.refuse(f"tensors {names[memory]} and {stored} are both read as {memory} by "
+                              f"transformers' checkpoint conversion mapping for the FP model {layout.name}; "
+                              f"keep one of them")
+        names[memory] = stored
+    return names
+
+
+def _stored(name: str, names: dict[str, str]) -> str:
+    """A tensor's name as stored, with the name it is read as if that differs."""
+    stored = names.get(name, name)
+    return stored if stored == name else f"{stored} (read as {name})"
 
 
 def check_layout(ckpt: Checkpoint, layout: Layout) -> None:
     """Refuse a checkpoint made for another architecture, shape or vocabulary, or with missing,
     extra, misshapen or mistyped tensors. Reads headers only."""
     _check_config(ckpt, layout)
+    names = memory_names(ckpt, layout)                   # state_dict name -> stored name
+    tensors = {name: ckpt.tensors[stored] for name, stored in names.items()}
     problems = []
     bits, group_size = ckpt.quant.bits, ckpt.quant.group_size
     seen: set[str] = set()
     for module, (d_in, d_out) in layout.linears.items():
         parts = {part: f"{module}.{part}" for part in QUANTIZED_PARTS}
         seen.update(parts.values())
-        if parts["qweight"] not in ckpt.tensors:
-            stored = f"{module}.weight" in ckpt.tensors
+        if parts["qweight"] not in tensors:
+            stored = f"{module}.weight" in tensors
             problems.append(f"{module} is not quantized (no {module}.qweight"
                             + ("; it is stored in full precision as .weight: partial quantization is not "
                                "supported)" if stored else ")"))
@@ -255,29 +346,31 @@ def check_layout(ckpt: Checkpoint, layout: Layout) -> None:
                     "scales": ((n_groups, d_out), SCALE_DTYPES),
                     "g_idx": ((d_in,), ("I32", "I64"))}
         for part, (shape, dtypes) in expected.items():
-            info = ckpt.tensors.get(parts[part])
+            info = tensors.get(parts[part])
             if info is None:
                 problems.append(f"missing tensor {parts[part]} (expected {dtypes[0]} {list(shape)})")
             elif info.shape != shape or info.dtype not in dtypes:
-                problems.append(f"{parts[part]} is {info.dtype} {list(info.shape)}, expected {dtypes[0]} "
+                problems.append(f"{_stored(parts[part], names)} is {info.dtype} {list(info.shape)}, expected {dtypes[0]} "
                                 f"{list(shape)} for a {d_in}->{d_out} linear at {bits} bits, group size "
                                 f"{group_size or -1}")
-    for name, info in sorted(ckpt.tensors.items()):
+    for name, info in sorted(tensors.items()):
         if name in seen or name in layout.buffers:
             continue
         owner, _, part = name.rpartition(".")
         if name in layout.tensors and owner in layout.linears and part == "weight":
-            if f"{owner}.qweight" in ckpt.tensors:
-                problems.append(f"{name} is stored beside {owner}.qweight; keep one")
+            if f"{owner}.qweight" in tensors:
+                problems.append(f"{_stored(name, names)} is stored beside {owner}.qweight; keep one")
         elif name in layout.tensors:
             if info.shape != layout.tensors[name]:
-                problems.append(f"{name} is {list(info.shape)}, the FP model's is {list(layout.tensors[name])}")
+                problems.append(f"{_stored(name, names)} is {list(info.shape)}, the FP model's is "
+                                f"{list(layout.tensors[name])}")
         elif part in QUANTIZED_PARTS:
             problems.append(f"unexpected quantized module {owner}: qcheck quantizes only the linear maps "
                             f"inside the transformer blocks")
         else:
-            problems.append(f"unexpected tensor {name}: the FP model {layout.name} has no such tensor")
-    quantized = sorted(name.removesuffix(".qweight") for name in ckpt.tensors if name.endswith(".qweight"))
+            problems.append(f"unexpected tensor {_stored(name, names)}: the FP model {layout.name} has no such "
+                            f"tensor (under that name or a name transformers maps it to on load)")
+    quantized = sorted(name.removesuffix(".qweight") for name in tensors if name.endswith(".qweight"))
     if quantized and not any(module in layout.linears for module in quantized):
         raise ckpt.refuse(f"it quantizes none of the block linears of the FP model {layout.name} (it has "
                           f"{quantized[0]}, ...; the FP model has {next(iter(layout.linears))}, ...): it is "
@@ -320,13 +413,17 @@ def check_tokenizer(ckpt: Checkpoint, fp_vocab: dict[str, int] | None, fp_name: 
     """Refuse a checkpoint whose tokenizer files give another vocabulary than the FP model's.
 
     fp_vocab: the FP tokenizer's token -> id map, None for byte-level (zoo) models. A checkpoint
-    without tokenizer files is not compared here (vocab_size and the embeddings still are).
+    without tokenizer files is not compared here (vocab_size and the embeddings still are), nor
+    is one whose tokenizer files a tool synthesised, with no vocabulary but special tokens
+    (models/tokenizer.py synthesised_tokenizer; `ckpt.notes` says it was ignored). Any other
+    tokenizer must give the FP model's vocabulary.
     """
-    if not has_tokenizer_files(str(ckpt.path)):
+    if not has_tokenizer_files(str(ckpt.path)) or synthesised_tokenizer(str(ckpt.path)):
         return
     if fp_vocab is None:
-        raise ckpt.refuse(f"it ships a tokenizer but the FP model {fp_name} reads raw bytes (no tokenizer): "
-                          f"it was quantized from another model")
+        raise ckpt.refuse(f"it ships a tokenizer but the FP model {fp_name} reads raw bytes (no tokenizer), and "
+                          f"that tokenizer has a vocabulary: it was quantized from another model; pass that model with "
+                          f"--qcheck-model, or remove the tokenizer files if they are not the model's")
     from transformers import AutoTokenizer
 
     try:
@@ -338,7 +435,8 @@ def check_tokenizer(ckpt: Checkpoint, fp_vocab: dict[str, int] | None, fp_name: 
         changed = sorted(set(vocab.items()) ^ set(fp_vocab.items()))
         raise ckpt.refuse(f"its tokenizer differs from the FP model {fp_name}'s ({len(vocab)} vs "
                           f"{len(fp_vocab)} tokens, {len(changed)} (token, id) pairs differ, e.g. "
-                          f"{changed[0]!r}); it was quantized from a model with another tokenizer")
+                          f"{changed[0]!r}); it was quantized from a model with another tokenizer: pass that "
+                          f"model with --qcheck-model")
 
 
 def checkpoint_name(directory: str | Path) -> CheckpointRef:
