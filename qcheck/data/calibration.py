@@ -3,7 +3,10 @@
 - `sampled` (the offline default): sequences sampled from the FP model itself, starting from its
   BOS token, temperature 1, multinomial with a seeded torch.Generator. Needs nothing but the model.
 - `file:PATH`: a user's text file, tokenized with the given tokenizer (or as UTF-8 bytes for
-  byte-level vocab-256 models), cut into seeded random windows.
+  byte-level vocab-256 models), cut into seeded random windows. A `.json` PATH holds token ids
+  instead, taken as they are, in order: the batches another tool calibrated on (a list of
+  sequences, or an object whose `input_ids` is one), so qcheck's GPTQ can be run on exactly
+  the same tokens. Its shape must be the spec's (`-nN -lenN`): the spec string says what ran.
 - `wikitext2`: the study's source, WikiText-2 train via `datasets`, the documents joined with
   "\\n\\n" and cut into seeded random windows (as reference gptq datautils.get_wikitext2). Needs
   the package and the network (or its local cache); offline it fails at once with one error.
@@ -107,9 +110,41 @@ def from_file(path: str | Path, *, n_samples: int, seq_len: int, seed: int, toke
     path = Path(path).expanduser()
     if not path.is_file():
         raise CalibrationError(f"calibration 'file:{path}': no such file; give an existing text file, or {FIX}")
+    if path.suffix == ".json":
+        return _token_file(path, n_samples=n_samples, seq_len=seq_len, vocab_size=vocab_size)
     stream = _tokenize(path.read_text(encoding="utf-8", errors="replace"), tokenizer, vocab_size, f"file:{path}")
     tokens = _windows(stream, n_samples=n_samples, seq_len=seq_len, seed=seed, name=f"file:{path}")
     return Calibration(tokens, f"file:{path} (windows, seed={seed}, n={n_samples}, len={seq_len})",
+                       token_digest(tokens))
+
+
+def _token_file(path: Path, *, n_samples: int, seq_len: int, vocab_size: int | None) -> Calibration:
+    """Token ids from a JSON file, as they are: (n_samples, seq_len) int64, checked against the spec."""
+    import json
+
+    name = f"calibration 'file:{path}'"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CalibrationError(f"{name}: not valid JSON ({error}); a .json calibration file holds token ids "
+                               f"(a list of sequences, or an object with `input_ids`)") from None
+    ids = data.get("input_ids") if isinstance(data, dict) else data
+    if not (isinstance(ids, list) and ids and all(isinstance(row, list) and row for row in ids)
+            and all(isinstance(t, int) and not isinstance(t, bool) for row in ids for t in row)):
+        raise CalibrationError(f"{name}: expected a non-empty list of non-empty lists of token ids (or an object "
+                               f"whose `input_ids` is one)")
+    lengths = sorted({len(row) for row in ids})
+    if len(lengths) > 1:
+        raise CalibrationError(f"{name}: sequences of {lengths[0]}..{lengths[-1]} tokens; every sequence must have "
+                               f"the same length (no padding is added)")
+    if (len(ids), lengths[0]) != (n_samples, seq_len):
+        raise CalibrationError(f"{name} holds {len(ids)} sequences of {lengths[0]} tokens but the spec asks for "
+                               f"{n_samples} of {seq_len}; write -n{len(ids)}-len{lengths[0]} in the spec")
+    tokens = torch.tensor(ids, dtype=torch.long)
+    if tokens.min() < 0 or (vocab_size is not None and tokens.max() >= vocab_size):
+        raise CalibrationError(f"{name}: token ids {int(tokens.min())}..{int(tokens.max())} are outside the "
+                               f"model's vocabulary 0..{vocab_size - 1 if vocab_size else '?'}")
+    return Calibration(tokens, f"file:{path} (token ids as stored, n={n_samples}, len={seq_len})",
                        token_digest(tokens))
 
 

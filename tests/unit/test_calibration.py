@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -85,6 +86,36 @@ def test_file_errors_name_the_source_and_the_fix(tmp_path):
         from_file(short, n_samples=1, seq_len=8, seed=0, vocab_size=256)
     with pytest.raises(CalibrationError, match="vocab_size=50257 needs its tokenizer"):
         from_file(short, n_samples=1, seq_len=2, seed=0, vocab_size=50257)
+
+
+def test_a_json_file_gives_its_token_ids_as_they_are(tmp_path):
+    ids = [[0, 5, 6, 7], [0, 9, 8, 7], [0, 1, 2, 3]]
+    path = tmp_path / "ids.json"
+    path.write_text(json.dumps({"source": "another tool", "input_ids": ids}))
+    calibration = from_file(path, n_samples=3, seq_len=4, seed=0, vocab_size=256)
+    assert calibration.tokens.tolist() == ids
+    assert from_file(path, n_samples=3, seq_len=4, seed=7, vocab_size=256).digest == calibration.digest  # no windows
+    (tmp_path / "list.json").write_text(json.dumps(ids))
+    assert from_file(tmp_path / "list.json", n_samples=3, seq_len=4, seed=0, vocab_size=256).digest == calibration.digest
+
+
+def test_a_json_file_must_match_the_spec_and_the_vocabulary(tmp_path):
+    path = tmp_path / "ids.json"
+    path.write_text(json.dumps([[0, 1, 2], [3, 4, 5]]))
+    with pytest.raises(CalibrationError, match=r"holds 2 sequences of 3 tokens .* write -n2-len3"):
+        from_file(path, n_samples=128, seq_len=64, seed=0, vocab_size=256)
+    with pytest.raises(CalibrationError, match=r"token ids 0..300 are outside the model's vocabulary 0..255"):
+        path.write_text(json.dumps([[0, 1, 300]]))
+        from_file(path, n_samples=1, seq_len=3, seed=0, vocab_size=256)
+    with pytest.raises(CalibrationError, match=r"sequences of 2..3 tokens; every sequence must have the same length"):
+        path.write_text(json.dumps([[0, 1, 2], [0, 1]]))
+        from_file(path, n_samples=2, seq_len=3, seed=0, vocab_size=256)
+    with pytest.raises(CalibrationError, match=r"expected a non-empty list of non-empty lists of token ids"):
+        path.write_text(json.dumps({"input_ids": [[0, 1.5]]}))
+        from_file(path, n_samples=1, seq_len=2, seed=0, vocab_size=256)
+    with pytest.raises(CalibrationError, match=r"not valid JSON"):
+        path.write_text("[[0, 1")
+        from_file(path, n_samples=1, seq_len=2, seed=0, vocab_size=256)
 
 
 def test_wikitext2_without_datasets_is_one_clear_error(monkeypatch):
