@@ -142,10 +142,19 @@ class ReportRun:
         if expected:
             lines += [f"{len(expected)} declared expected failures failed as expected "
                       f"(tests/certify/expected_failures.toml)", ""]
+        notes = quantizer_notes(self.results)
+        if notes:  # what was ignored or only checked in a quantized model (e.g. a tool's tokenizer)
+            lines += ["quantizer notes:", *[_cut(f"  {note}", max(width, MIN_WIDTH)) for note in notes], ""]
         lines += self.results["run"]["notes"]
         if self.directory is not None:
             lines.append(f"report: {self.directory / 'index.html'}")
         return lines
+
+
+def quantizer_notes(results: dict) -> list[str]:
+    """Each pair's quantizer notes (results.json `pairs[].quant.notes`), once each, in pair order."""
+    notes = [note for pair in results["pairs"] for note in pair["quant"].get("notes") or []]
+    return list(dict.fromkeys(notes))
 
 
 def _cut(line: str, width: int) -> str:

@@ -287,6 +287,23 @@ def test_terminal_summary_lists_failed_verdicts_up_to_a_limit(results, monkeypat
     assert "Per (model, quantizer)" not in run.summary_lines(verbosity=-1)
 
 
+def test_terminal_summary_prints_each_quantizers_notes_once(results):
+    from qcheck.report import run as run_module
+
+    doc = json.loads(dumps(results))
+    note = "checkpoint mine: tokenizer.json: a tokenizer with no vocabulary but its 2 special token(s); ignored"
+    for pair in doc["pairs"][:2]:  # one checkpoint's note, seen by two pairs, is printed once
+        pair["quant"]["notes"] = [note]
+    run = run_module.ReportRun(directory=None, worker=None, args=[], device="cpu")
+    run.results = doc
+    lines = run.summary_lines(verbosity=0, width=200)
+    start = lines.index("quantizer notes:")
+    assert lines[start + 1] == f"  {note}" and lines[start + 2] == ""
+    for pair in doc["pairs"]:
+        pair["quant"].pop("notes", None)
+    assert "quantizer notes:" not in run.summary_lines(verbosity=0, width=200)
+
+
 def test_a_checkpoint_gets_its_own_column_at_its_specs_bit_width(results):
     doc = json.loads(dumps(results))
     pair = next(p for p in doc["pairs"] if p["id"] == "zoo-small-gptq-w4")
