@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -114,8 +114,9 @@ def cached_calibration(hf_model: nn.Module, spec: QuantSpec, *, weight_digest: s
     entry = Entry(cache_dir, "calibration", hashlib.sha256(recipe.encode()).hexdigest())
     with entry.lock(lock_timeout):
         found = entry.read()
-        if found is not None and token_digest(found[0]["tokens"]) == found[1]["digest"]:
-            return Calibration(found[0]["tokens"], found[1]["source"], found[1]["digest"])
+        tokens = found[0]["tokens"] if found is not None else None
+        if tokens is not None and token_digest(tokens) == found[1]["digest"]:
+            return Calibration(tokens, found[1]["source"], found[1]["digest"])
         calibration = calibration_for(spec, hf_model, tokenizer=tokenizer)
         entry.write({"tokens": calibration.tokens}, {"source": calibration.source, "digest": calibration.digest})
     return calibration
@@ -127,16 +128,21 @@ def _block_weights(model: nn.Module) -> dict[str, Tensor]:
     return {f"{name}.weight": module.weight.detach() for name, module in named_block_linears(model)}
 
 
-def _load_weights(hf_model: nn.Module, tensors: dict[str, Tensor]) -> nn.Module | None:
-    """A copy of `hf_model` (linears.copy_with_own_linears) with `tensors` loaded, or None if names or shapes do not match."""
+def _load_weights(hf_model: nn.Module, tensors: Mapping[str, Tensor]) -> nn.Module | None:
+    """A copy of `hf_model` (linears.copy_with_own_linears) with `tensors` loaded, or None if names
+    or shapes do not match. Each tensor is read (store.StoredTensors), copied in and dropped in
+    turn: the entry is never held beside the model."""
     expected = _block_weights(hf_model)
-    if expected.keys() != tensors.keys() or any(expected[n].shape != t.shape for n, t in tensors.items()):
+    if expected.keys() != set(tensors):
         return None
     model = copy_with_own_linears(hf_model).eval()
     with torch.no_grad():
-        for name, tensor in tensors.items():
-            parameter = model.get_parameter(name)
+        for name in expected:
+            tensor, parameter = tensors[name], model.get_parameter(name)
+            if tensor.shape != parameter.shape:
+                return None
             parameter.copy_(tensor.to(device=parameter.device, dtype=parameter.dtype))
+            del tensor
     return model
 
 

@@ -7,6 +7,13 @@ holds the lock). Each file is written to a temporary name in the same directory,
 moved into place with os.replace, so a reader never sees a half-written file under the final
 name; a process killed mid-write leaves at most a `*.tmp-*` file, removed by the next writer.
 
+Memory: an entry is never held whole as bytes. `write` streams the tensors to the file from
+their own memory, hashing as it goes (files.py write_safetensors: the bytes safetensors' `save`
+would build);
+`read` hashes the file in chunks and returns a lazy mapping that loads one tensor when it is
+asked for, so a caller that copies tensors into a model one by one never holds a second copy of
+the entry (a GPT-2-small quantized entry is 0.34 GB of block weights).
+
 Locking: `filelock.FileLock` on KEY.lock (an OS lock, released if the holder dies), so two xdist
 workers never compute or write the same entry twice: the second waits, then reads.
 """
@@ -14,15 +21,15 @@ workers never compute or write the same entry twice: the second waits, then read
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from qcheck.files import directory_problem, write_atomic
+from qcheck.files import directory_problem, file_sha256, write_atomic, write_atomic_with, write_safetensors
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -58,44 +65,43 @@ class Entry:
         self.dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.dir / f"{self.key}.lock"), timeout=timeout)
 
-    def read(self) -> tuple[dict[str, Tensor], dict] | None:
-        """(tensors, meta) if the entry is complete and intact, else None with `problem` set."""
-        from safetensors.torch import load
-
+    def read(self) -> tuple[Mapping[str, Tensor], dict] | None:
+        """(tensors, meta) if the entry is complete and intact, else None with `problem` set.
+        The tensors are a StoredTensors mapping: each is read from the file when indexed."""
         if not self.meta_path.exists():
             self.problem = "missing" if not self.tensors_path.exists() else "no sidecar (interrupted write)"
             return None
         try:
             meta = json.loads(self.meta_path.read_text())
-            data = self.tensors_path.read_bytes()
+            if meta.get("format") != FORMAT or meta.get("key") != self.key:
+                self.problem = f"format {meta.get('format')!r} / key mismatch"
+                return None
+            digest = file_sha256(self.tensors_path)
         except (OSError, ValueError) as err:
             self.problem = f"unreadable: {type(err).__name__}: {err}"
             return None
-        if meta.get("format") != FORMAT or meta.get("key") != self.key:
-            self.problem = f"format {meta.get('format')!r} / key mismatch"
-            return None
-        if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        if digest != meta.get("sha256"):
             self.problem = "sha256 of the tensors does not match the sidecar (truncated or corrupt)"
             return None
         try:
-            tensors = load(data)
+            tensors = StoredTensors(self.tensors_path)
         except Exception as err:  # safetensors raises SafetensorError, a plain Exception subclass
             self.problem = f"safetensors could not parse it: {err}"
             return None
         self.problem = None
         return tensors, meta
 
-    def write(self, tensors: dict[str, Tensor], meta: dict) -> None:
+    def write(self, tensors: Mapping[str, Tensor], meta: dict) -> None:
         """Atomically replace the entry: tensors first, then the sidecar (the commit record)."""
-        from safetensors.torch import save
-
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in self.dir.glob(f"{self.key}.*.tmp-*"):  # write_atomic's temporary files
             stale.unlink(missing_ok=True)
-        data = save({name: t.detach().cpu().contiguous() for name, t in tensors.items()})
-        meta = {**meta, "format": FORMAT, "key": self.key, "sha256": hashlib.sha256(data).hexdigest()}
+        # .contiguous() copies only what is not contiguous already (none of qcheck's tensors are)
+        flat = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
         try:
-            write_atomic(self.tensors_path, data)
+            digest: list[str] = []
+            write_atomic_with(self.tensors_path, lambda tmp: digest.append(write_safetensors(tmp, flat)))
+            meta = {**meta, "format": FORMAT, "key": self.key, "sha256": digest[0]}
             write_atomic(self.meta_path, json.dumps(meta, indent=1, sort_keys=True).encode())
         except OSError as error:
             # Nothing half-written stays under a final name (write_atomic), so the next run
@@ -106,6 +112,30 @@ class Entry:
                 f"Free space there, or point --qcheck-cache (or QCHECK_CACHE_DIR) at another "
                 f"directory; nothing partial was left") from None
         _fsync_dir(self.dir)
+
+
+class StoredTensors(Mapping):
+    """The tensors of a safetensors file, each read when indexed (a fresh CPU tensor each time).
+
+    The file stays open for the mapping's life: a writer replacing it (os.replace) leaves this
+    reader on the file it verified."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self._file = safe_open(str(path), framework="pt")
+        self._names = list(self._file.keys())
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._file.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -117,19 +117,23 @@ def _in_child(target, *args) -> multiprocessing.Process:
 
 
 def _killed_while_writing(model, root, which: str) -> None:
-    """Quantize and store, but die (SIGKILL: no cleanup runs) halfway through writing `which`."""
-    original = store.write_atomic
+    """Quantize and store, but die (SIGKILL: no cleanup runs) halfway through writing `which`.
+    The tensors stream to their file (store.write_atomic_with), the sidecar goes as bytes
+    (store.write_atomic): both are patched to leave half a temporary file, then die."""
+    original = store.write_atomic_with
 
-    def dying(path, data):
+    def dying(path, write):
         if path.name.endswith(which):
             tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-deadbeef")
-            with open(tmp, "wb") as f:
-                f.write(data[: len(data) // 2])
+            write(tmp)
+            with open(tmp, "r+b") as f:
+                f.truncate(os.path.getsize(tmp) // 2)
                 f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        original(path, data)
+        original(path, write)
 
-    store.write_atomic = dying
+    store.write_atomic_with = dying
+    store.write_atomic = lambda path, data: dying(path, lambda tmp: tmp.write_bytes(data))
     load_or_quantize(model, SPEC, cache_dir=root)
 
 
