@@ -17,7 +17,9 @@ delegate here; nothing imports a conftest as a module.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,6 +65,20 @@ def build_tiny(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
             if name.endswith("bias") or "ln" in name or "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
     return model.float().eval()
+
+
+def copy_of(fixture: Path, tmp_path: Path) -> Path:
+    """A copy of a checkpoint fixture folder to edit (the committed one stays as the tool saved it)."""
+    return Path(shutil.copytree(fixture, tmp_path / fixture.name))
+
+
+def edit_tensors(directory: Path, edit, weights: str = "model.safetensors") -> None:
+    """Rewrite a checkpoint's safetensors file after `edit(tensors)` changed the dict in place."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(directory / weights)
+    edit(tensors)
+    save_file(tensors, directory / weights, metadata={"format": "pt"})
 
 
 def skip_gpu_tests_without_cuda(items: list[pytest.Item]) -> None:

@@ -43,6 +43,27 @@ def packed_length(n: int, bits: int) -> int:
     return n * bits // WORD
 
 
+def pack_rows(values: Int[Tensor, "m n"], bits: int) -> Int[Tensor, "m n_words"]:
+    """Pack values 0..2^b − 1 along dim 1 into ceil(n·b/32) int32 words per row: the same bit stream
+    as `pack`, the last word's unused high bits 0 (compressed-tensors' pack-quantized layout,
+    checkpoint/compressed.py, which does not need n·b to fill whole words)."""
+    n = values.shape[1]
+    step = WORD // _gcd(bits, WORD)                       # values that fill whole words
+    padded = torch.zeros((values.shape[0], -(-n // step) * step), dtype=torch.int64)
+    padded[:, :n] = values
+    return pack(padded.T, bits).T[:, :-(-n * bits // WORD)].contiguous()
+
+
+def unpack_rows(words: Int[Tensor, "m n_words"], bits: int, n: int) -> Int[Tensor, "m n"]:
+    """The first n values packed along dim 1 of `words` (inverse of `pack_rows`), int64."""
+    step = WORD // _gcd(bits, WORD)
+    step_words = step * bits // WORD                      # words that hold `step` values exactly
+    n_words = -(-words.shape[1] // step_words) * step_words
+    padded = torch.zeros((words.shape[0], n_words), dtype=torch.int32)
+    padded[:, :words.shape[1]] = words
+    return unpack(padded.T.contiguous(), bits).T[:, :n]
+
+
 def _gcd(a: int, b: int) -> int:
     while b:
         a, b = b, a % b

@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from qcheck.quantize.checkpoint import check_tokenizer, load_checkpoint, open_checkpoint
 from qcheck.quantize.checkpoint.format import layout_of
 from qcheck.quantize.checkpoint.load import half_ulp
 from qcheck.quantize.linears import get_rows, named_block_linears
 
+from helpers import copy_of, edit_tensors
+
 OUT = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints" / "out"
 FIXTURES = sorted(path for path in OUT.glob("gptqmodel-*") if path.is_dir())
-WEIGHTS = "model.safetensors"
 SYNTHESISED = "a tokenizer with no vocabulary but its"
 
 
@@ -66,16 +66,6 @@ def loaded(fp_models):
             cache[fixture] = load_checkpoint(fp.hf, fixture, name=fp.spec.name), fp
         return cache[fixture]
     return get
-
-
-def copy_of(fixture: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(fixture, tmp_path / fixture.name))
-
-
-def edit_tensors(directory: Path, edit) -> None:
-    tensors = load_file(directory / WEIGHTS)
-    edit(tensors)
-    save_file(tensors, directory / WEIGHTS, metadata={"format": "pt"})
 
 
 def test_the_fixtures_are_there():

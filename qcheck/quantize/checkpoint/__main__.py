@@ -1,5 +1,5 @@
-"""`python -m qcheck.quantize.checkpoint MODEL SPEC DIR [--format v1] [--dtype float32]`: export."""
+"""`python -m qcheck.quantize.checkpoint ...`: export (cli.py)."""
 
-from qcheck.quantize.checkpoint.export import main
+from qcheck.quantize.checkpoint.cli import main
 
 main()

@@ -12,15 +12,16 @@ itself (scales ≥ 2^-14, float16's normal range; smaller ones keep fewer bits).
 `dtype=torch.float32` the scales (and the unquantized tensors) are stored as float32 and the
 import is bit-identical to the in-memory model; qcheck reads both.
 
-Run `python -m qcheck.quantize.checkpoint MODEL SPEC DIR [--format v1] [--dtype float32]`.
+Run `python -m qcheck.quantize.checkpoint MODEL SPEC DIR [--format v1] [--dtype float32]` (cli.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,24 +47,19 @@ def export_checkpoint(hf_model: nn.Module, spec: QuantSpec, out_dir: str | Path,
     quantize_config.json and config.json (the model's config with `quantization_config`).
     calibration / tokenizer / cache_dir: as for cache.load_or_quantize (GPTQ only).
     """
-    from qcheck.models.digest import model_digest
-    from qcheck.quantize.cache import cache_root, resolve_calibration
-
-    if spec.method not in ("rtn", "gptq", "gptq-study"):
-        raise ValueError(f"export_checkpoint: {spec} is not a quantizer qcheck runs; export rtn or gptq")
+    runnable(spec, "export_checkpoint")
     if spec.bits not in SUPPORTED_BITS:
         raise ValueError(f"export_checkpoint: {spec.bits}-bit codes have no GPTQ packing; use bits in {SUPPORTED_BITS}")
     if format not in ZERO_OFFSET:
         raise ValueError(f"export_checkpoint: format={format!r}; expected 'v1' or 'v2'")
     if dtype not in DTYPES.values():
         raise ValueError(f"export_checkpoint: dtype={dtype}; expected torch.float16 or torch.float32")
-    out = Path(out_dir).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"export_checkpoint: {out} exists and is not an empty directory")
-    # Before calibration or any quantizer runs: the format packs codes along d_in and zero points
-    # along d_out, 32 bits a word. A grouped-query model's k/v projections have n_kv_heads x d_head
-    # rows, which at 3 bits must be a multiple of 32 (tests/helpers.py sizes its tiny Llama for it).
-    for name, module in named_block_linears(hf_model):
+    out = empty_directory(out_dir, "export_checkpoint")
+
+    def storable(name: str, module: nn.Module) -> None:
+        # The format packs codes along d_in and zero points along d_out, 32 bits a word. A grouped-query
+        # model's k/v projections have n_kv_heads x d_head rows, which at 3 bits must be a multiple of
+        # 32 (tests/helpers.py sizes its tiny Llama for it).
         d_out, d_in = get_rows(module).shape
         for what, n in (("input columns", d_in), ("output rows", d_out)):
             try:
@@ -72,30 +68,78 @@ def export_checkpoint(hf_model: nn.Module, spec: QuantSpec, out_dir: str | Path,
                 raise ValueError(f"export_checkpoint({spec}): {name} ({d_out}x{d_in}) has {n} {what}: {error}; "
                                  f"the GPTQ format cannot store this linear at {spec.bits} bits: export at "
                                  f"4 or 8 bits") from None
+
+    def pack(name: str, q: QuantizedWeight) -> dict[str, Tensor]:
+        return pack_linear(q, spec.bits, format=format, dtype=dtype).tensors(name)
+
+    run = quantize_for_export(hf_model, spec, "export_checkpoint", storable, pack, calibration=calibration,
+                              tokenizer=tokenizer, cache_dir=cache_dir, weight_digest=weight_digest)
+    tensors = {**run.tensors, **unquantized_tensors(hf_model, dtype)}
+    quant_config = _quant_config(spec, format, {"quantizer": [f"qcheck:{version()}"], "qcheck": run.meta(dtype)})
+    write_checkpoint(out, tensors, {"quantize_config.json": quant_config,
+                                    "config.json": {**hf_model.config.to_dict(), "quantization_config": quant_config}})
+    return out
+
+
+@dataclass
+class ExportRun:
+    """What one quantizer run for an export gives: the packed tensors of every block linear, and
+    where the weights and calibration came from."""
+
+    tensors: dict[str, Tensor]
+    weight_digest: str
+    spec: QuantSpec
+    calibration: object
+
+    def meta(self, dtype: torch.dtype) -> dict:
+        """The `qcheck` block of the quantization config (load.py reads the calibration from it)."""
+        return {"spec": str(self.spec), "weight_digest": self.weight_digest,
+                "scale_dtype": str(dtype).removeprefix("torch."),
+                "calibration_source": getattr(self.calibration, "source", None),
+                "calibration_digest": getattr(self.calibration, "digest", None)}
+
+
+def quantize_for_export(hf_model: nn.Module, spec: QuantSpec, caller: str,
+                        storable: Callable[[str, nn.Module], None], pack: Callable[[str, QuantizedWeight], dict],
+                        *, calibration=None, tokenizer=None, cache_dir: str | Path | None = None,
+                        weight_digest: str | None = None) -> ExportRun:
+    """Run the quantizer again with an `on_layer` hook that packs each linear (`pack(name, q)` ->
+    its tensors) without keeping the codes. storable(name, module) raises ValueError for a block
+    linear the format cannot hold; it runs first, before calibration or any quantizer."""
+    from qcheck.models.digest import model_digest
+    from qcheck.quantize.cache import cache_root, resolve_calibration
+
+    runnable(spec, caller)
+    for name, module in named_block_linears(hf_model):
+        storable(name, module)
     weight_digest = weight_digest or model_digest(hf_model)
     calibration = resolve_calibration(hf_model, spec, calibration, weight_digest=weight_digest,
                                       cache_dir=cache_root(cache_dir), tokenizer=tokenizer)
-
     tensors: dict[str, Tensor] = {}
 
     def keep(name: str, q: QuantizedWeight) -> None:
         try:
-            tensors.update(pack_linear(q, spec.bits, format=format, dtype=dtype).tensors(name))
+            tensors.update(pack(name, q))
         except ValueError as error:
-            raise ValueError(f"export_checkpoint({spec}): {name}: {error}") from None
+            raise ValueError(f"{caller}({spec}): {name}: {error}") from None
 
     quantize_model(hf_model, spec, calibration.tokens if calibration is not None else None, on_layer=keep)
-    tensors.update(_unquantized(hf_model, dtype))
-    meta = {"quantizer": [f"qcheck:{_version()}"],
-            "qcheck": {"spec": str(spec), "weight_digest": weight_digest, "scale_dtype": str(dtype).removeprefix("torch."),
-                       "calibration_source": getattr(calibration, "source", None),
-                       "calibration_digest": getattr(calibration, "digest", None)}}
-    quant_config = _quant_config(spec, format, meta)
-    _write(out, tensors, quant_config, {**hf_model.config.to_dict(), "quantization_config": quant_config})
+    return ExportRun(tensors=tensors, weight_digest=weight_digest, spec=spec, calibration=calibration)
+
+
+def runnable(spec: QuantSpec, caller: str) -> None:
+    if spec.method not in ("rtn", "gptq", "gptq-study"):
+        raise ValueError(f"{caller}: {spec} is not a quantizer qcheck runs; export rtn or gptq")
+
+
+def empty_directory(out_dir: str | Path, caller: str) -> Path:
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{caller}: {out} exists and is not an empty directory")
     return out
 
 
-def _unquantized(hf_model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
+def unquantized_tensors(hf_model: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
     """Every state-dict tensor but the block linears' weights; tied tensors (one storage) once."""
     quantized = {f"{name}.weight" for name, _ in named_block_linears(hf_model)}
     out, storages = {}, set()
@@ -118,8 +162,9 @@ def _quant_config(spec: QuantSpec, format: str, meta: dict) -> dict:
     return config
 
 
-def _write(out: Path, tensors: dict[str, Tensor], quant_config: dict, config: dict) -> None:
-    """All files into a sibling temporary folder, then one rename: no half-written checkpoint."""
+def write_checkpoint(out: Path, tensors: dict[str, Tensor], configs: dict[str, dict]) -> None:
+    """model.safetensors and the JSON `configs` {file name: content} into a sibling temporary
+    folder, then one rename: no half-written checkpoint."""
     from safetensors.torch import save_file
 
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
@@ -127,8 +172,8 @@ def _write(out: Path, tensors: dict[str, Tensor], quant_config: dict, config: di
     tmp.mkdir(parents=True)
     try:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "quantize_config.json").write_text(json.dumps(quant_config, indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        for name, content in configs.items():
+            (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=name == "config.json", default=str) + "\n")
         if out.exists():
             out.rmdir()  # empty (checked by the caller)
         os.replace(tmp, out)
@@ -136,32 +181,7 @@ def _write(out: Path, tensors: dict[str, Tensor], quant_config: dict, config: di
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _version() -> str:
+def version() -> str:
     from importlib.metadata import version
 
     return version("qcheck")
-
-
-def main(argv: list[str] | None = None) -> None:
-    from qcheck.models.load import load_model
-    from qcheck.quantize.spec import parse_quant_spec
-
-    parser = argparse.ArgumentParser(prog="python -m qcheck.quantize.checkpoint",
-                                     description="Quantize a model with qcheck and write a GPTQ-packed checkpoint.")
-    parser.add_argument("model", help="zoo name, Hugging Face id or save_pretrained directory")
-    parser.add_argument("spec", type=parse_quant_spec, help="an rtn/gptq spec, e.g. gptq-w4-g16")
-    parser.add_argument("out_dir", help="a new or empty directory")
-    parser.add_argument("--format", choices=sorted(ZERO_OFFSET), default="v2",
-                        help="v1 (AutoGPTQ, stores zero - 1) or v2 (GPTQModel); default v2")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16",
-                        help="scales and unquantized tensors; float32 re-imports bit-identically. Default float16")
-    parser.add_argument("--cache", default=None, help="qcheck cache (calibration tokens)")
-    args = parser.parse_args(argv)
-    model = load_model(args.model)
-    out = export_checkpoint(model.hf, args.spec, args.out_dir, format=args.format, dtype=DTYPES[args.dtype],
-                            tokenizer=model.tokenizer.hf_tokenizer, cache_dir=args.cache)
-    print(f"wrote {out} ({args.spec}, format {args.format}, {args.dtype} scales)")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,23 +1,29 @@
-"""GPTQ-packed checkpoints made by other tools (AutoGPTQ, GPTQModel, ...): read and check one.
+"""Quantized checkpoints made by other tools: read one and check it against the FP model.
 
-A checkpoint directory holds a quantization config (`quantize_config.json`, `quant_config.json`
-or `config.json` → `quantization_config`, looked up in that order as GPTQModel does; those
-present must agree) and
-safetensors files with, per quantized linear, `<module>.qweight/.qzeros/.scales/.g_idx` (layout:
-packing.py), module names as in the HF model's state dict (`transformer.h.0.attn.c_attn`,
+Two families (the format configs, one per family):
+- GPTQ-packed (AutoGPTQ, GPTQModel): `quantize_config.json`, `quant_config.json` or `config.json`
+  → `quantization_config`, looked up in that order as GPTQModel does (those present must agree);
+  per linear `<module>.qweight/.qzeros/.scales/.g_idx` (gptq_packed.py `GPTQConfig`).
+- compressed-tensors `pack-quantized` (llm-compressor): `config.json` → `quantization_config` with
+  `quant_method: compressed-tensors`; per linear `<module>.weight_packed/.weight_scale/...`
+  (compressed.py `CompressedConfig`).
+A format config answers, for this module and load.py: `spec` (the QuantSpec reported), `parts`
+(the tensor suffixes of a quantized linear, the first always stored), `expected_tensors(d_in,
+d_out)` (each part's shape and dtypes), `packing_problems`, `unexpected_part` (a part the config
+says is not stored), `module_problems(layout)` (which modules it quantizes), `dequantize(...)`
+(a linear's float32 weight, (d_out, d_in)), `source` and `meta`.
+
+Module names are as in the HF model's state dict (`transformer.h.0.attn.c_attn`,
 `gpt_neox.layers.0.attention.query_key_value`), plus the model's unquantized tensors. Tensor
 names are read as transformers reads a checkpoint of the FP model's class (`memory_names`): its
 checkpoint conversion mapping (the `WeightRenaming`s of transformers 5
 `get_model_conversion_mapping`, e.g. GPT-NeoX's on-disk `embed_out.*` -> in-memory `lm_head.*`;
 transformers 4's `_checkpoint_conversion_mapping`) and the base-model prefix added or dropped, so
 both the names `save_pretrained` writes and the `state_dict()` names (what GPTQModel writes) match.
-
-The format (GPTQModel config.py): `checkpoint_format` "gptq" is v1 (zero − 1 stored), "gptq_v2"
-is v2; a missing key means v1. Kernel-specific repackings (marlin, bitblas) and other methods
-(AWQ, its `version` key "gemm"...) are refused, as are pickled weights: only safetensors load.
+Pickled weights are refused: only safetensors load.
 
 This module only reads and checks (`open_checkpoint`, `check_layout`); load.py dequantizes into
-an HF module; export.py writes qcheck's own results in the format.
+an HF module; export.py and export_compressed.py write qcheck's own results in the formats.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
-from math import ceil
 from pathlib import Path
 
 import torch
@@ -35,14 +40,16 @@ from torch import nn
 from qcheck.files import read_json_object
 from qcheck.models.directory import indexed_shards, pickled_files
 from qcheck.models.tokenizer import has_tokenizer_files, synthesised_tokenizer
+from qcheck.quantize.checkpoint.compressed import PARTS as COMPRESSED_PARTS
+from qcheck.quantize.checkpoint.compressed import QUANT_METHOD as COMPRESSED_TENSORS
+from qcheck.quantize.checkpoint.compressed import CompressedConfig, parse_compressed_config
+from qcheck.quantize.checkpoint.gptq_packed import QUANTIZED_PARTS as GPTQ_PARTS
+from qcheck.quantize.checkpoint.gptq_packed import GPTQConfig, parse_gptq_config
 from qcheck.quantize.linears import get_rows, named_block_linears
-from qcheck.quantize.packing import SUPPORTED_BITS, WORD
-from qcheck.quantize.spec import GROUP_SIZES, CheckpointRef, QuantSpec
+from qcheck.quantize.spec import CheckpointRef
 
 CONFIG_FILES = ("quantize_config.json", "quant_config.json", "config.json")
-FORMATS = {"gptq": "v1", "gptq_v2": "v2"}
-QUANTIZED_PARTS = ("qweight", "qzeros", "scales", "g_idx")
-SCALE_DTYPES = ("F16", "BF16", "F32")
+QUANTIZED_PARTS = GPTQ_PARTS + COMPRESSED_PARTS   # every format's, for names read without a checkpoint
 # Config fields that fix the architecture's shapes (or the tokenizer), compared when both the
 # checkpoint's config.json and the FP model's config have them.
 STRUCTURAL = ("vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "num_attention_heads",
@@ -57,23 +64,6 @@ class CheckpointWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class GPTQConfig:
-    """The quantization config of a checkpoint. group_size None: one group per output row."""
-
-    bits: int
-    group_size: int | None
-    sym: bool
-    desc_act: bool
-    format: str       # "v1" | "v2" (packing.ZERO_OFFSET)
-    source: str       # the file it was read from
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def spec(self) -> QuantSpec:
-        return QuantSpec("checkpoint", bits=self.bits, group_size=self.group_size, sym=self.sym)
-
-
-@dataclass(frozen=True)
 class TensorInfo:
     file: Path
     dtype: str            # safetensors dtype name: "I32", "F16", ...
@@ -85,7 +75,7 @@ class Checkpoint:
     """An opened checkpoint directory: its configs and the header of every tensor (no data yet)."""
 
     path: Path
-    quant: GPTQConfig
+    quant: GPTQConfig | CompressedConfig
     model_config: dict | None      # config.json minus quantization_config, if present
     tensors: dict[str, TensorInfo]  # by the names stored in the files
     notes: tuple[str, ...] = ()    # what was ignored, and why (e.g. a synthesised tokenizer)
@@ -112,7 +102,7 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
     return Checkpoint(path=path, quant=quant, model_config=model_config, tensors=_headers(path), notes=notes)
 
 
-def read_quant_config(path: Path) -> GPTQConfig:
+def read_quant_config(path: Path) -> GPTQConfig | CompressedConfig:
     found = []  # (where, config) in lookup order
     for name in CONFIG_FILES:
         file = path / name
@@ -126,8 +116,8 @@ def read_quant_config(path: Path) -> GPTQConfig:
         found.append((str(file), cfg))
     if not found:
         raise ValueError(f"checkpoint {path}: no quantization config; expected quantize_config.json, "
-                         f"quant_config.json or config.json with a quantization_config (as AutoGPTQ and "
-                         f"GPTQModel write them)")
+                         f"quant_config.json or config.json with a quantization_config (as AutoGPTQ, "
+                         f"GPTQModel and llm-compressor write them)")
     parsed = [_parse_quant_config(cfg, where) for where, cfg in found]
     for other in parsed[1:]:
         keys = ("bits", "group_size", "sym", "format")
@@ -139,45 +129,17 @@ def read_quant_config(path: Path) -> GPTQConfig:
     return parsed[0]
 
 
-def _parse_quant_config(cfg: dict, source: str) -> GPTQConfig:
-    def refuse(problem: str) -> ValueError:
-        return ValueError(f"{source}: {problem}")
-
+def _parse_quant_config(cfg: dict, source: str) -> GPTQConfig | CompressedConfig:
     if not isinstance(cfg, dict):
-        raise refuse(f"expected a JSON object, got {type(cfg).__name__}")
-
+        raise ValueError(f"{source}: expected a JSON object, got {type(cfg).__name__}")
     method = str(cfg.get("quant_method", "gptq")).lower()
+    if method == COMPRESSED_TENSORS:
+        return parse_compressed_config(cfg, source)
     if method != "gptq":
-        raise refuse(f"quant_method {method!r} is not supported; qcheck reads GPTQ-packed checkpoints "
-                     f"(quant_method 'gptq')")
-    if cfg.get("is_marlin_format"):
-        raise refuse("is_marlin_format: the weights are repacked for the Marlin kernel; save the model "
-                     "in the plain GPTQ layout (checkpoint_format 'gptq' or 'gptq_v2')")
-    raw = cfg.get("checkpoint_format", cfg.get("format", cfg.get("version", "gptq")))
-    if str(raw).lower() not in FORMATS:
-        raise refuse(f"checkpoint_format {raw!r} is not supported; expected 'gptq' (v1) or 'gptq_v2' (v2) "
-                     f"— kernel repackings (marlin, bitblas) and AWQ layouts (gemm, gemv) are not read")
-    if str(cfg.get("pack_dtype", "int32")).lower() != "int32":
-        raise refuse(f"pack_dtype {cfg['pack_dtype']!r} is not supported; qcheck reads int32 packing")
-    if cfg.get("dynamic"):
-        raise refuse("per-module overrides (`dynamic`) are not supported: every block linear must share "
-                     "one bits/group_size/sym")
-    if cfg.get("lm_head"):
-        raise refuse("lm_head: true — the unembedding is quantized; qcheck certifies quantized block "
-                     "linears only (the study's setting), with embeddings and unembedding in full precision")
-    bits = cfg.get("bits", cfg.get("w_bit", cfg.get("wbits")))
-    if bits not in SUPPORTED_BITS or isinstance(bits, bool):
-        raise refuse(f"bits={bits!r} is not supported; the GPTQ format defines {SUPPORTED_BITS}")
-    group_size = cfg.get("group_size", -1)
-    if group_size != -1 and group_size not in GROUP_SIZES:
-        raise refuse(f"group_size={group_size!r} is not supported; qcheck's QuantSpec knows -1 (one group per "
-                     f"row) and {', '.join(map(str, GROUP_SIZES))}")
-    sym, desc_act = cfg.get("sym", True), cfg.get("desc_act", False)
-    if not isinstance(sym, bool) or not isinstance(desc_act, bool):
-        raise refuse(f"sym={sym!r} and desc_act={desc_act!r} must be true or false")
-    meta = cfg.get("meta") if isinstance(cfg.get("meta"), dict) else {}
-    return GPTQConfig(bits=bits, group_size=None if group_size == -1 else group_size, sym=sym,
-                      desc_act=desc_act, format=FORMATS[str(raw).lower()], source=source, meta=meta)
+        raise ValueError(f"{source}: quant_method {method!r} is not supported; qcheck reads GPTQ-packed "
+                         f"checkpoints (quant_method 'gptq') and compressed-tensors pack-quantized ones "
+                         f"(quant_method '{COMPRESSED_TENSORS}', llm-compressor)")
+    return parse_gptq_config(cfg, source)
 
 
 def _headers(path: Path) -> dict[str, TensorInfo]:
@@ -230,17 +192,18 @@ class Layout:
     linears: dict[str, tuple[int, int]]      # block linear module name -> (d_in, d_out)
     renamings: tuple = ()                    # transformers' load-time key renamings for the class
     base_model_prefix: str = ""              # e.g. "gpt_neox", "transformer"
+    module_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # module -> its classes' names (MRO)
 
     @cached_property
     def known(self) -> frozenset[str]:
         """The state_dict names, with each block linear's weight (its quantized parts' owner)."""
         return frozenset(self.tensors) | {f"{module}.weight" for module in self.linears}
 
-    def memory_name(self, key: str) -> str:
+    def memory_name(self, key: str, parts: tuple[str, ...] = QUANTIZED_PARTS) -> str:
         """The state_dict name of a checkpoint key: the key itself if it is one (what GPTQModel
         writes), else what transformers renames it to when it loads this model (what
-        `save_pretrained` writes)."""
-        quantized = key.rpartition(".")[2] in QUANTIZED_PARTS
+        `save_pretrained` writes). parts: the suffixes of a quantized linear's tensors."""
+        quantized = key.rpartition(".")[2] in parts
 
         def probe(name: str) -> str:  # a quantized part is known by its linear's weight
             return f"{name.rpartition('.')[0]}.weight" if quantized else name
@@ -266,10 +229,13 @@ class Layout:
 def layout_of(hf_model: nn.Module, name: str) -> Layout:
     """The layout of an HF model; a model on the meta device works (no weights needed)."""
     linears = {name: tuple(reversed(get_rows(module).shape)) for name, module in named_block_linears(hf_model)}
+    classes = {module_name: tuple(c.__name__ for c in type(module).__mro__ if issubclass(c, nn.Module))
+               for module_name, module in hf_model.named_modules()}
     return Layout(name=name, config=hf_model.config.to_dict(),
                   tensors={k: tuple(v.shape) for k, v in hf_model.state_dict().items()},
                   buffers=frozenset(n for n, _ in hf_model.named_buffers()), linears=linears,
-                  renamings=_renamings(hf_model), base_model_prefix=getattr(hf_model, "base_model_prefix", "") or "")
+                  renamings=_renamings(hf_model), base_model_prefix=getattr(hf_model, "base_model_prefix", "") or "",
+                  module_classes=classes)
 
 
 def _renamings(hf_model: nn.Module) -> tuple:
@@ -303,7 +269,7 @@ def memory_names(ckpt: Checkpoint, layout: Layout) -> dict[str, str]:
     """
     names: dict[str, str] = {}
     for stored in sorted(ckpt.tensors):
-        memory = layout.memory_name(stored)
+        memory = layout.memory_name(stored, ckpt.quant.parts)
         if memory in names:
             raise ckpt.refuse(f"tensors {names[memory]} and {stored} are both read as {memory} by "
                               f"transformers' checkpoint conversion mapping for the FP model {layout.name}; "
@@ -324,59 +290,55 @@ def check_layout(ckpt: Checkpoint, layout: Layout) -> None:
     _check_config(ckpt, layout)
     names = memory_names(ckpt, layout)                   # state_dict name -> stored name
     tensors = {name: ckpt.tensors[stored] for name, stored in names.items()}
-    problems = []
-    bits, group_size = ckpt.quant.bits, ckpt.quant.group_size
+    quant = ckpt.quant
+    main = quant.parts[0]                                # qweight / weight_packed: always stored
+    problems = quant.module_problems(layout)
     seen: set[str] = set()
     for module, (d_in, d_out) in layout.linears.items():
-        parts = {part: f"{module}.{part}" for part in QUANTIZED_PARTS}
-        seen.update(parts.values())
-        if parts["qweight"] not in tensors:
+        seen.update(f"{module}.{part}" for part in quant.parts)
+        if f"{module}.{main}" not in tensors:
             stored = f"{module}.weight" in tensors
-            problems.append(f"{module} is not quantized (no {module}.qweight"
+            problems.append(f"{module} is not quantized (no {module}.{main}"
                             + ("; it is stored in full precision as .weight: partial quantization is not "
                                "supported)" if stored else ")"))
             continue
-        for size, what in ((d_in, "d_in"), (d_out, "d_out")):
-            if size * bits % WORD:
-                problems.append(f"{module}: {what}={size} cannot be packed at {bits} bits (the GPTQ layout "
-                                f"needs {what}·bits to be a multiple of {WORD})")
-        n_groups = 1 if group_size is None else ceil(d_in / group_size)
-        expected = {"qweight": ((d_in * bits // WORD, d_out), ("I32",)),
-                    "qzeros": ((n_groups, d_out * bits // WORD), ("I32",)),
-                    "scales": ((n_groups, d_out), SCALE_DTYPES),
-                    "g_idx": ((d_in,), ("I32", "I64"))}
-        for part, (shape, dtypes) in expected.items():
-            info = tensors.get(parts[part])
+        problems += quant.packing_problems(module, d_in, d_out)
+        for part, (shape, dtypes, required) in quant.expected_tensors(d_in, d_out).items():
+            name = f"{module}.{part}"
+            info = tensors.get(name)
             if info is None:
-                problems.append(f"missing tensor {parts[part]} (expected {dtypes[0]} {list(shape)})")
+                if required:
+                    problems.append(f"missing tensor {name} (expected {dtypes[0]} {list(shape)})")
+            elif quant.unexpected_part(part):
+                problems.append(f"unexpected tensor {_stored(name, names)}: {quant.unexpected_part(part)}")
             elif info.shape != shape or info.dtype not in dtypes:
-                problems.append(f"{_stored(parts[part], names)} is {info.dtype} {list(info.shape)}, expected {dtypes[0]} "
-                                f"{list(shape)} for a {d_in}->{d_out} linear at {bits} bits, group size "
-                                f"{group_size or -1}")
+                problems.append(f"{_stored(name, names)} is {info.dtype} {list(info.shape)}, expected {dtypes[0]} "
+                                f"{list(shape)} for a {d_in}->{d_out} linear at {quant.bits} bits, group size "
+                                f"{quant.group_size or -1}")
     for name, info in sorted(tensors.items()):
         if name in seen or name in layout.buffers:
             continue
         owner, _, part = name.rpartition(".")
         if name in layout.tensors and owner in layout.linears and part == "weight":
-            if f"{owner}.qweight" in tensors:
-                problems.append(f"{_stored(name, names)} is stored beside {owner}.qweight; keep one")
+            if f"{owner}.{main}" in tensors:
+                problems.append(f"{_stored(name, names)} is stored beside {owner}.{main}; keep one")
         elif name in layout.tensors:
             if info.shape != layout.tensors[name]:
                 problems.append(f"{_stored(name, names)} is {list(info.shape)}, the FP model's is "
                                 f"{list(layout.tensors[name])}")
-        elif part in QUANTIZED_PARTS:
+        elif part in quant.parts:
             problems.append(f"unexpected quantized module {owner}: qcheck quantizes only the linear maps "
                             f"inside the transformer blocks")
         else:
             problems.append(f"unexpected tensor {_stored(name, names)}: the FP model {layout.name} has no such "
                             f"tensor (under that name or a name transformers maps it to on load)")
-    quantized = sorted(name.removesuffix(".qweight") for name in tensors if name.endswith(".qweight"))
+    quantized = sorted(name.removesuffix(f".{main}") for name in tensors if name.endswith(f".{main}"))
     if quantized and not any(module in layout.linears for module in quantized):
         raise ckpt.refuse(f"it quantizes none of the block linears of the FP model {layout.name} (it has "
                           f"{quantized[0]}, ...; the FP model has {next(iter(layout.linears))}, ...): it is "
                           f"for another architecture. Pass the FP model the checkpoint was quantized from "
                           f"with --qcheck-model")
-    problems = list(dict.fromkeys(problems))  # a module's four parts report it once
+    problems = list(dict.fromkeys(problems))  # a module's parts report it once
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ckpt.refuse("does not match the FP model " + layout.name + ": " + "; ".join(problems[:5]) + more

@@ -1,7 +1,9 @@
-"""Load a GPTQ-packed checkpoint into a float32 copy of its FP model (docs/design.md, "Quantizers").
+"""Load a quantized checkpoint into a float32 copy of its FP model (docs/design.md, "Quantizers").
 
-The block linears get the dequantized weights W = scales[g_idx] · (q − zero[g_idx]), g_idx used
-as stored (act-order: never a row permutation). Everything else stays the FP model's: the
+The block linears get the dequantized weights of the checkpoint's format (format.py, "Format
+configs"): GPTQ-packed W = scales[g_idx] · (q − zero[g_idx]), g_idx used as stored (act-order:
+never a row permutation); compressed-tensors W = (c − z) · scale per group, as that library
+computes it (compressed.py). Everything else stays the FP model's: the
 checkpoint's unquantized tensors (embeddings, norms, biases; float16 or bfloat16 as tools save
 them) are checked against it, not loaded, so a certificate measures the quantized linears only,
 as for qcheck's own quantizers.
@@ -29,7 +31,6 @@ from qcheck.quantize.apply import LayerReport, QuantReport
 from qcheck.models.digest import model_digest
 from qcheck.quantize.checkpoint.format import Checkpoint, check_layout, layout_of, memory_names, open_checkpoint
 from qcheck.quantize.linears import get_rows, named_block_linears, set_rows
-from qcheck.quantize.packing import PackedLinear, dequantize, unpack_linear
 from qcheck.quantize.result import QuantizedModel
 
 # Significand bits (the leading one included) and the smallest normal exponent of each float
@@ -63,7 +64,7 @@ def load_checkpoint(hf_model: nn.Module, directory: str | Path | Checkpoint, *, 
     for prefix, module in named_block_linears(model):
         tick = time.perf_counter()
         W = get_rows(module).float().clone()                  # (d_out, d_in), FP
-        Q = _dequantize(ckpt, prefix, tensors).T              # (d_out, d_in)
+        Q = ckpt.quant.dequantize(ckpt.refuse, prefix, tensors, W.shape[1], W.shape[0])  # (d_out, d_in)
         set_rows(module, Q.to(module.weight.dtype))
         layers.append(LayerReport(name=prefix, d_out=W.shape[0], d_in=W.shape[1],
                                   weight_rel_error=float((W - Q).norm() / W.norm().clamp(min=1e-30)),
@@ -88,33 +89,6 @@ def _read_tensors(ckpt: Checkpoint) -> dict[str, Tensor]:
         except Exception as error:  # SafetensorError: data that does not match its header
             raise ckpt.refuse(f"{file.name} could not be read ({error}); it is corrupt, copy it again") from None
     return tensors
-
-
-def _dequantize(ckpt: Checkpoint, prefix: str, tensors: dict[str, Tensor]) -> Tensor:
-    """One linear's float32 weight (d_in, d_out), after checking the values the layout can't."""
-    q = ckpt.quant
-    scales = tensors[f"{prefix}.scales"]
-    n_groups, d_in = scales.shape[0], tensors[f"{prefix}.g_idx"].shape[0]
-    packed = PackedLinear(qweight=tensors[f"{prefix}.qweight"], qzeros=tensors[f"{prefix}.qzeros"],
-                          scales=scales, g_idx=tensors[f"{prefix}.g_idx"])
-    g_idx = packed.g_idx.long()
-    if d_in and (g_idx.min() < 0 or g_idx.max() >= n_groups):
-        raise ckpt.refuse(f"{prefix}.g_idx holds groups {int(g_idx.min())}..{int(g_idx.max())}, outside "
-                          f"0..{n_groups - 1} ({n_groups} groups of scales); the file is corrupt")
-    if not torch.isfinite(scales).all():
-        raise ckpt.refuse(f"{prefix}.scales holds {int((~torch.isfinite(scales)).sum())} NaN/inf value(s); "
-                          f"the quantization failed or the file is corrupt")
-    codes, zeros = unpack_linear(packed, q.bits, format=q.format)
-    maxq = 2 ** q.bits - 1
-    if (zeros > maxq).any():  # only v1: a stored all-ones field reads as zero − 1 = maxq
-        raise ckpt.refuse(f"{prefix}.qzeros: {int((zeros > maxq).sum())} zero point(s) read as {maxq + 1}, "
-                          f"outside 0..{maxq}: format v1 stores zero − 1 and overflows for a zero point "
-                          f"of 0 (asymmetric grids); re-save the checkpoint as checkpoint_format 'gptq_v2'")
-    if q.sym and (zeros != 2 ** (q.bits - 1)).any():
-        raise ckpt.refuse(f"{prefix}.qzeros: {q.source} says sym=true but {int((zeros != 2 ** (q.bits - 1)).sum())} "
-                          f"zero point(s) differ from {2 ** (q.bits - 1)} (kernels that assume symmetric "
-                          f"grids would ignore them); set sym to false if the grid is asymmetric")
-    return dequantize(codes, zeros, scales, g_idx)
 
 
 def working_dtype(ckpt: Checkpoint) -> torch.dtype | None:
@@ -152,7 +126,7 @@ def _check_unquantized(ckpt: Checkpoint, hf_model: nn.Module, tensors: dict[str,
     checked: dict[str, int] = {}
     worst = 0.0
     for key, tensor in sorted(tensors.items()):
-        if key not in fp or key.rpartition(".")[2] in ("qweight", "qzeros", "scales", "g_idx"):
+        if key not in fp or key.rpartition(".")[2] in ckpt.quant.parts:
             continue  # buffers the checkpoint carries are ignored; quantized parts checked above
         stored = names.get(key, key)
         where = stored if stored == key else f"{stored} (read as {key})"
