@@ -20,8 +20,7 @@ from qcheck.pair import Case
 from qcheck.quantize.spec import parse_quant_spec
 from qcheck.suite.matrix import DEFAULT_QUANTS, build_cases, default_user_quants, is_selected
 
-from helpers import plugin_suite
-from test_checkpoint_plugin import smallest_zoo_model
+from helpers import plugin_suite, smallest_zoo_model
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ["zoo-a", "zoo-b"]
