@@ -57,8 +57,18 @@ def test_certify(pair):
 """
 
 
+@pytest.fixture(scope="module")
+def loaded_once():
+    """A zoo model loaded outside pytester first: an in-process pytester run drops the modules first
+    imported inside it, and loading a model imports torch.distributed modules that cannot be
+    imported twice in one process (tests/conftest.py imports TransformerLens early for the same reason)."""
+    from qcheck.models.load import load_model
+
+    load_model(smallest_zoo_model())
+
+
 @pytest.fixture
-def suite(pytester, monkeypatch, tmp_path):
+def suite(loaded_once, pytester, monkeypatch, tmp_path):
     monkeypatch.setenv("QCHECK_CACHE_DIR", str(tmp_path / "cache"))
     suite = plugin_suite(pytester, PAIR_TEST)
     # a module name of its own per test: pytester runs in this process, which keeps sys.modules
