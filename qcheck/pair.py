@@ -65,7 +65,8 @@ class Case:
     @property
     def quant_id(self) -> str:
         """The quantizer as test ids, baselines, tests/certify/expected_failures.toml and
-        results.json name it: the canonical QuantSpec short form, or `checkpoint:<name>`."""
+        results.json name it: the canonical QuantSpec short form (`user:<name>-w4` for a user
+        quantizer), or `checkpoint:<name>`."""
         return str(self.quant)
 
     @property

@@ -13,6 +13,7 @@ delegate here; nothing imports a conftest as a module.
   never errors. The body of tests/conftest.py's collection hook.
 - `plugin_suite(pytester, ...)`: a pytester project that loads qcheck's plugin and holds one
   certification-style test (`CERTIFY_TEST` unless told).
+- `smallest_zoo_model()`: the zoo model with the smallest weights file, for end-to-end runs.
 """
 
 from __future__ import annotations
@@ -126,3 +127,10 @@ def plugin_suite(pytester: pytest.Pytester, test_source: str = CERTIFY_TEST, *, 
     pytester.makeini("[pytest]\n" + (f"markers ={lines}\n" if lines else ""))
     pytester.makepyfile(test_certify=test_source)
     return pytester
+
+
+def smallest_zoo_model() -> str:
+    """The zoo model whose model.safetensors is smallest (the cheapest end-to-end run)."""
+    from qcheck.models.registry import ZOO_DIR, zoo_names
+
+    return min(zoo_names(), key=lambda name: (ZOO_DIR / name / "model.safetensors").stat().st_size)

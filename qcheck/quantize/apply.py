@@ -109,11 +109,12 @@ def quantize_model(hf_model: nn.Module, spec: QuantSpec,
     is made, e.g. to pack it into a checkpoint (checkpoint/export.py) without keeping them all.
     progress(text) hears each block as GPTQ starts it ("block 3/12").
     """
+    if spec.method not in ("rtn", "gptq", "gptq-study"):
+        raise ValueError(f"quantize_model: {spec} is not one of qcheck's quantizers; checkpoints are loaded "
+                         "(qcheck.quantize.checkpoint), user quantizers run by qcheck.quantize.user_apply")
     if spec.needs_calibration and calibration_tokens is None:
         raise ValueError(f"quantize_model: {spec} needs calibration tokens (n_samples, seq_len); "
                          "build them with qcheck.data.calibration.calibration_for(spec, model)")
-    if spec.method not in ("rtn", "gptq", "gptq-study"):
-        raise ValueError(f"quantize_model: {spec} is not a quantizer; checkpoints are loaded, not computed")
     start = time.perf_counter()
     model = copy_with_own_linears(hf_model).eval()
     layers: list[LayerReport] = []

@@ -55,9 +55,9 @@ def load_or_quantize(hf_model: nn.Module, spec: QuantSpec, *, calibration: Calib
     wait for another process computing the same entry (-1: for ever). progress(text) hears what
     a long computation is doing ("calibration", "block 3/12").
     """
-    if not spec.needs_calibration and spec.method != "rtn":
-        raise ValueError(f"load_or_quantize: {spec} names a checkpoint to load, not a quantizer to run; "
-                         "use qcheck.quantize.checkpoint")
+    if spec.method not in ("rtn", "gptq", "gptq-study"):
+        raise ValueError(f"load_or_quantize: {spec} names a checkpoint to load or a user quantizer, not one "
+                         "of qcheck's; use qcheck.quantize.checkpoint or qcheck.quantize.user_apply")
     root = cache_root(cache_dir)
     weight_digest = weight_digest or model_digest(hf_model)
     if progress is not None and spec.needs_calibration and calibration is None:

@@ -8,7 +8,10 @@ defaults omitted, canonical order as written; `str(spec)` gives the canonical fo
     METHOD-wBITS [-gGROUP] [-asym | -ref] [-act] [-static] [-dampX] [-bsN] [-noseq]
                  [-sampled | -wikitext2] [-nN] [-lenN] [-seedN] [-file:PATH]
 
-    METHOD   rtn | gptq | gptq-study | checkpoint     (checkpoint: -wBITS optional)
+    METHOD   rtn | gptq | gptq-study | checkpoint | user:NAME   (checkpoint: -wBITS optional)
+             user:NAME is a user quantizer (--qcheck-quantizer, entry point group qcheck.quantizers;
+             qcheck/quantize/user.py): NAME is letters, digits, "_" and "." (no "-": it splits
+             the spec), not a built-in method. It takes every option below and is handed them all.
     wBITS    bits per weight, 2..8
     gGROUP   one scale per GROUP input columns: 16, 32, 64 or 128 (default: one per output row).
              16 is there because the zoo's linears have d_in of 32..384: g128 is per-row there.
@@ -23,9 +26,10 @@ defaults omitted, canonical order as written; `str(spec)` gives the canonical fo
              it takes the rest of the text, so PATH may contain "-")           (GPTQ only)
     nN       calibration sequences (default 128); lenN tokens each (default: the model's
              context, at most 128); seedN the calibration seed (default 0)   (GPTQ only)
+    ("GPTQ only": gptq, gptq-study and user quantizers; a user quantizer is handed them all.)
 
 Examples: `rtn-w4`, `rtn-w3-g64`, `gptq-w4`, `gptq-w4-g128-act`, `rtn-w4-asym`,
-`gptq-w4-damp0.1`, `gptq-study-w4`, `gptq-w4-n32-len64-file:/data/calib.txt`.
+`gptq-w4-damp0.1`, `gptq-study-w4`, `gptq-w4-n32-len64-file:/data/calib.txt`, `user:my_rtn-w4-g32`.
 
 The symmetric grid. Default `study`: scale = max|w| / (2^(b-1) - 1), levels -2^(b-1) .. 2^(b-1)-1
 (at 4 bits scale = max|w|/7): the study's formula, so max|w| is represented without clipping.
@@ -43,16 +47,19 @@ import re
 from dataclasses import dataclass, fields
 from decimal import Decimal
 
-METHODS = ("rtn", "gptq", "gptq-study", "checkpoint")
+METHODS = ("rtn", "gptq", "gptq-study", "checkpoint", "user")
 GROUP_SIZES = (16, 32, 64, 128)
 GRIDS = ("study", "reference")
 CALIBRATION_SOURCES = ("sampled", "wikitext2", "file:PATH")
 
 GRAMMAR = ("METHOD-wBITS[-gGROUP][-asym|-ref][-act][-static][-dampX][-bsN][-noseq]"
            "[-sampled|-wikitext2][-nN][-lenN][-seedN][-file:PATH], METHOD in rtn|gptq|gptq-study|"
-           "checkpoint, BITS 2..8, GROUP 16|32|64|128; e.g. rtn-w4, gptq-w4-g128-act")
+           "checkpoint|user:NAME, BITS 2..8, GROUP 16|32|64|128; e.g. rtn-w4, gptq-w4-g128-act, user:my_rtn-w4")
+# A user quantizer's NAME (user:NAME): no "-", which splits the short form; not a built-in method.
+USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
-# Options that only a calibrated method (GPTQ) reads; rtn and checkpoint must leave them default.
+# Options that only a calibrated method (GPTQ, a user quantizer) reads; rtn and checkpoint must
+# leave them default.
 _GPTQ_ONLY = ("act_order", "static_groups", "damp", "block_size", "true_sequential", "calibration",
               "n_samples", "seq_len", "seed")
 
@@ -75,14 +82,19 @@ class QuantSpec:
     n_samples: int = 128           # calibration sequences
     seq_len: int | None = None     # tokens per sequence; None: min(model context, 128)
     seed: int = 0                  # calibration seed (sampling / window positions)
+    name: str | None = None        # method "user" only: the user quantizer's name (user:NAME)
 
     def __post_init__(self) -> None:
         where = f"QuantSpec({self.method!r}, ...)"
         if self.method not in METHODS:
             raise ValueError(f"{where}: unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
+        if self.method == "user":
+            check_user_name(self.name, where)
+        elif self.name is not None:
+            raise ValueError(f"{where}: name={self.name!r} only applies to user quantizers (method 'user')")
         if self.bits is None:
             if self.method != "checkpoint":
-                raise ValueError(f"{where}: bits is required (2..8), e.g. {self.method}-w4")
+                raise ValueError(f"{where}: bits is required (2..8), e.g. {self._tokens(bits=False)[0]}-w4")
         elif isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise ValueError(f"{where}: bits={self.bits!r} is out of range; use an integer 2..8")
         if self.group_size is not None and self.group_size not in GROUP_SIZES:
@@ -119,8 +131,9 @@ class QuantSpec:
 
     @property
     def needs_calibration(self) -> bool:
-        """True for the methods that collect a Hessian from calibration inputs."""
-        return self.method in ("gptq", "gptq-study")
+        """True for the methods that read calibration inputs: GPTQ (its Hessian) and a user
+        quantizer (always handed them, qcheck/quantize/user_apply.py)."""
+        return self.method in ("gptq", "gptq-study", "user")
 
     def __str__(self) -> str:
         return "-".join(self._tokens(bits=True))
@@ -132,7 +145,7 @@ class QuantSpec:
         return "-".join(self._tokens(bits=False))
 
     def _tokens(self, *, bits: bool) -> list[str]:
-        parts = [self.method]
+        parts = [f"user:{self.name}" if self.method == "user" else self.method]
         if bits and self.bits is not None:
             parts.append(f"w{self.bits}")
         if self.group_size is not None:
@@ -187,6 +200,16 @@ class CheckpointRef:
         return str(self)
 
 
+def check_user_name(name: object, where: str) -> None:
+    """ValueError unless `name` can be a user quantizer's NAME (USER_NAME, not a built-in method)."""
+    if not isinstance(name, str) or not USER_NAME.fullmatch(name):
+        raise ValueError(f"{where}: user quantizer name {name!r} must be letters, digits, '_' and '.', "
+                         f"starting with a letter or '_' (no '-': it splits the short form user:NAME-w4)")
+    if name in METHODS:
+        raise ValueError(f"{where}: user quantizer name {name!r} is qcheck's built-in method {name}; "
+                         f"give yours another name (--qcheck-quantizer NAME=module:callable)")
+
+
 def _decimal(x: float) -> str:
     """Shortest plain decimal that round-trips (never '1e-05': a '-' would split the spec)."""
     return format(Decimal(repr(float(x))), "f")
@@ -219,13 +242,17 @@ def parse_quant_spec(text: str) -> QuantSpec:
         raise fail("empty")
     body, _, path = text.strip().partition("-file:")
     tokens = body.split("-")
+    values: dict[str, object] = {}
     if tokens[:2] == ["gptq", "study"]:
         method, tokens = "gptq-study", tokens[2:]
     else:
         method, tokens = tokens[0], tokens[1:]
+    if method.startswith("user:"):
+        method, values["name"] = "user", method[5:]
+    elif method == "user":
+        raise fail("a user quantizer is written user:NAME, e.g. user:my_rtn-w4")
     if method not in METHODS:
-        raise fail(f"unknown method {method!r} (expected one of {', '.join(METHODS)})")
-    values: dict[str, object] = {}
+        raise fail(f"unknown method {method!r} (expected one of {', '.join(METHODS[:-1])}, user:NAME)")
     if path:
         values["calibration"] = "file:" + path
     for token in tokens:
@@ -234,7 +261,8 @@ def parse_quant_spec(text: str) -> QuantSpec:
             raise fail(f"{token!r} repeats or contradicts an earlier token")
         values[field_name] = value
     if method != "checkpoint" and "bits" not in values:
-        raise fail(f"missing the bit width, e.g. {method}-w4")
+        head = f"user:{values['name']}" if method == "user" else method
+        raise fail(f"missing the bit width, e.g. {head}-w4")
     try:
         return QuantSpec(method=method, **values)
     except ValueError as err:

@@ -35,10 +35,11 @@ _STRINGS = {"type": "array", "items": _STR}
 
 # What the tables read of a quantizer (qcheck/report/results.py quant_labels), in a pair and a test.
 QUANT_LABELS = {
-    "name": {**_STR, "description": "the quantizer as in test ids: a QuantSpec short form, or "
-                                    "checkpoint:<folder> for --qcheck-checkpoint"},
+    "name": {**_STR, "description": "the quantizer as in test ids: a QuantSpec short form (user:NAME-w4 "
+                                    "for a user quantizer), or checkpoint:<folder> for --qcheck-checkpoint"},
     "method": {**_STR, "description": "the quantizer without its bit width, the scaling table's method: "
-                                      "gptq-g128-act for gptq-w4-g128-act; a checkpoint's name whole"},
+                                      "gptq-g128-act for gptq-w4-g128-act, user:NAME for user:NAME-w4; a "
+                                      "checkpoint's name whole"},
     "bits": {"type": ["integer", "null"],
              "description": "bits per weight (a checkpoint's from its quantization config; null in a "
                             "test of a checkpoint, whose case does not name them)"},
@@ -54,13 +55,16 @@ PAIR = _obj("One (model, quantizer) case: exactly what was certified.", {
     "quant": _obj("The quantizer and the quantized weights.", {
         **QUANT_LABELS,
         "spec": {**_STR, "description": "canonical QuantSpec short form, e.g. gptq-w4-g128-act"},
-        "fields": {"type": "object", "description": "every QuantSpec field (quantize/spec.py)"},
+        "fields": {"type": "object", "description": "every QuantSpec field (quantize/spec.py); `name` is "
+                                                   "a user quantizer's NAME, null otherwise"},
         "weight_digest": {**_STR, "description": "sha256 over the quantized model's state_dict"},
-        "cache_key": _STR,
+        "cache_key": {**_STR, "description": "the cache entry's key; a checkpoint's file digest; a user "
+                                             "quantizer's weight digest (never cached)"},
         "calibration": _obj("Calibration data; null fields for methods without (RTN).",
                             {"source": _opt(_STR), "digest": _opt(_STR)}),
         "notes": {**_STRINGS, "description": "a checkpoint's caveats: files ignored (a tokenizer the tool "
-                                             "synthesised) and how its unquantized tensors were checked"}}),
+                                             "synthesised) and how its unquantized tensors were checked; a "
+                                             "user quantizer's: what it returned and how that was checked"}}),
     "seeds": {"type": "object", "description": "every seed the pair's numbers depend on",
               "additionalProperties": {"type": ["integer", "null"]}},
     "builds": {"type": "array", "description": "volatile: one entry per process that built the pair",

@@ -14,6 +14,7 @@ import pytest
 from qcheck.analyses import ANALYSES
 from qcheck.analyses.base import Analysis, Context
 from qcheck.quantize.store import CacheWriteError
+from qcheck.quantize.user_apply import ReturnRefused
 from qcheck.suite.progress import terminal_progress
 from qcheck.report.run import WORKEROUTPUT_KEY, ReportRun
 from qcheck.suite.session import QcheckSession
@@ -90,9 +91,11 @@ def pair(request: pytest.FixtureRequest, qcheck_session: QcheckSession):
     """FP and quantized bridges for one (model, quantizer) case, built once per worker and
     released after its tests (pytest finishes it before it builds the next case's)."""
     try:
-        built = qcheck_session.pair(request.param)
-    except CacheWriteError as error:  # one line naming the directory and the fix, no traceback
-        pytest.fail(str(error), pytrace=False)
+        built, failure = qcheck_session.pair(request.param), None
+    except (CacheWriteError, ReturnRefused) as error:  # one line naming the problem and the fix
+        failure = str(error)
+    if failure is not None:  # outside the except: no "During handling of the above exception"
+        pytest.fail(failure, pytrace=False)
     yield built
     qcheck_session.release(request.param)
 

@@ -5,6 +5,8 @@ The default matrix is every zoo model x DEFAULT_QUANTS. Command-line models and 
 otherwise treat the other baselines as unused and delete them on --snapshot-update. A checkpoint
 (--qcheck-checkpoint, quantizer `checkpoint:<name>`) belongs to one FP model: it is paired with
 the command-line models only, and adds to the selected quantizers without replacing the defaults.
+So does a user quantizer (--qcheck-quantizer) that no --qcheck-quant names: it runs as
+`user:NAME-w4` (default_user_quants) beside the selection, for the named models or every zoo model.
 
 Expected failures of the matrix are declared in tests/certify/expected_failures.toml (read by
 qcheck/suite/expected.py, judged by qcheck/verdict.py).
@@ -21,21 +23,33 @@ DEFAULT_QUANTS = tuple(parse_quant_spec(text) for text in
                        ("rtn-w8", "rtn-w4", "gptq-w4", "rtn-w3", "gptq-w3", "rtn-w2", "gptq-w2"))
 
 
+# A user quantizer named by --qcheck-quantizer alone runs at 4 bits, the bit width the study is about.
+DEFAULT_USER_BITS = 4
+
+
+def default_user_quants(names: list[str], quants: list[QuantSpec]) -> list[QuantSpec]:
+    """`user:NAME-w4` for each --qcheck-quantizer NAME that no --qcheck-quant `user:NAME-...` names."""
+    named = {q.name for q in quants if q.method == "user"}
+    return [QuantSpec("user", DEFAULT_USER_BITS, name=name) for name in names if name not in named]
+
+
 def build_cases(zoo: list[str], models: list[str], quants: list[QuantSpec],
-                checkpoints: list[CheckpointRef] = ()) -> list[Case]:
-    """Default matrix plus every combination the command line names, in a stable order."""
+                added: list[QuantSpec | CheckpointRef] = ()) -> list[Case]:
+    """Default matrix plus every combination the command line names, in a stable order. `added`:
+    quantizers that join whatever is selected (checkpoints, default_user_quants), paired with the
+    command-line models, or with every model when none is named (a checkpoint always names one)."""
     default = {Case(m, q) for m in zoo for q in DEFAULT_QUANTS}
     all_models = list(dict.fromkeys([*zoo, *models]))
-    all_quants = list(dict.fromkeys([*DEFAULT_QUANTS, *quants, *checkpoints]))
+    all_quants = list(dict.fromkeys([*DEFAULT_QUANTS, *quants, *added]))
     named = {Case(m, q) for m in (models or all_models) for q in (quants or DEFAULT_QUANTS)
              if m in models or q in quants}
-    named |= {Case(m, c) for m in models for c in checkpoints}
+    named |= {Case(m, q) for m in (models or all_models) for q in added}
     return sorted(default | named, key=lambda c: (all_models.index(c.model), all_quants.index(c.quant)))
 
 
 def is_selected(case: Case, models: list[str], quants: list[QuantSpec],
-                checkpoints: list[CheckpointRef] = ()) -> bool:
-    """With no --qcheck-quant, only the default quantizers run (plus a named checkpoint)."""
+                added: list[QuantSpec | CheckpointRef] = ()) -> bool:
+    """With no --qcheck-quant, only the default quantizers run (plus the `added` ones)."""
     model_ok = not models or case.model in models
     quant_ok = case.quant in quants if quants else case.quant in DEFAULT_QUANTS
-    return model_ok and (quant_ok or case.quant in checkpoints)
+    return model_ok and (quant_ok or case.quant in added)

@@ -30,6 +30,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="also certify this GPTQ-packed checkpoint (repeatable; AutoGPTQ/GPTQModel "
                          "layout, safetensors) as quantizer checkpoint:<folder name>, against the one "
                          "--qcheck-model it was quantized from.")
+    group.addoption("--qcheck-quantizer", action="append", default=[], metavar="[NAME=]MODULE:CALLABLE",
+                    help="also certify your own quantizer (repeatable): quantize(model, calibration, "
+                         "options) -> nn.Module | state dict, given a copy of the FP model, the "
+                         "calibration token ids (n_samples, seq_len) and the QuantSpec options; never "
+                         "cached. It runs as user:NAME-w4 (NAME: the callable's name unless given) "
+                         "beside the selection, or as each --qcheck-quant user:NAME-w3-g32... that names "
+                         "it. Installed packages register NAME = module:callable in the entry-point group "
+                         "qcheck.quantizers. README, \"Your own quantizer\".")
     group.addoption("--qcheck-device", default="cpu", metavar="DEVICE",
                     help="auto, cpu, cuda or cuda:N (under xdist each worker takes its own GPU). "
                          "Default: cpu.")

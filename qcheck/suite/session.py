@@ -14,6 +14,7 @@ from typing import Any
 
 from qcheck.pair import Case
 from qcheck.quantize.spec import CheckpointRef, QuantSpec
+from qcheck.quantize.user import UserQuantizer
 from qcheck.suite import matrix
 from qcheck.thresholds import Thresholds
 from qcheck.suite.expected import ExpectedFailure, load_expected_failures
@@ -37,6 +38,10 @@ class QcheckSession:
     expected_failures: dict[tuple[str, str, str], ExpectedFailure]
     # --qcheck-checkpoint: {checkpoint: directory}, validated against the one --qcheck-model
     checkpoints: dict[CheckpointRef, str] = field(default_factory=dict)
+    # user quantizers by NAME (--qcheck-quantizer, and the entry points --qcheck-quant names), loaded
+    quantizers: dict[str, UserQuantizer] = field(default_factory=dict)
+    # user:NAME-w4 of each --qcheck-quantizer no --qcheck-quant names, added like a checkpoint
+    user_quants: list[QuantSpec] = field(default_factory=list)
     # --qcheck-require-baselines: a default-matrix result with no comparable baseline fails
     require_baselines: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
@@ -55,6 +60,7 @@ class QcheckSession:
         from qcheck.quantize.store import check_cache_dir
         from qcheck.suite.checkpoint_options import validate_checkpoints
         from qcheck.quantize.spec import parse_quant_spec
+        from qcheck.quantize.user import installed_targets, user_quantizers
 
         check_directory_values_with_a_space(config.invocation_params.args, Path(config.invocation_params.dir),
                                             Path(config.rootpath), config.inipath)
@@ -72,6 +78,9 @@ class QcheckSession:
         # equal specs written two ways (gptq-act-w4, gptq-w4-act) are one quantizer
         quants = list(dict.fromkeys(parse_quant_spec(text) for text in config.getoption("--qcheck-quant")))
         check_calibration_lengths(quants, models or zoo_names())
+        quantizers = user_quantizers(config.getoption("--qcheck-quantizer"),
+                                     [q.name for q in quants if q.method == "user"], installed_targets())
+        named = [name for name, q in quantizers.items() if not q.installed]
         cache = config.getoption("--qcheck-cache") or table.get("cache_dir")
         cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
         check_cache_dir(cache_dir, "--qcheck-cache" if config.getoption("--qcheck-cache") else
@@ -87,6 +96,7 @@ class QcheckSession:
             cache_dir=cache_dir,
             expected_failures=load_expected_failures(Path(config.rootpath) / EXPECTED_FAILURES),
             checkpoints=validate_checkpoints(config.getoption("--qcheck-checkpoint"), models),
+            quantizers=quantizers, user_quants=matrix.default_user_quants(named, quants),
             require_baselines=bool(config.getoption("--qcheck-require-baselines")),
         )
 
@@ -94,10 +104,15 @@ class QcheckSession:
     def pair_cases(self) -> list[Case]:
         from qcheck.models.registry import zoo_names
 
-        return matrix.build_cases(zoo_names(), self.models, self.quants, list(self.checkpoints))
+        return matrix.build_cases(zoo_names(), self.models, self.quants, self.added)
 
     def selected(self, case: Case) -> bool:
-        return matrix.is_selected(case, self.models, self.quants, list(self.checkpoints))
+        return matrix.is_selected(case, self.models, self.quants, self.added)
+
+    @property
+    def added(self) -> list:
+        """Quantizers that join the selection without replacing it: checkpoints, user defaults."""
+        return [*self.checkpoints, *self.user_quants]
 
     def expected_failure(self, case: Case, analysis: str) -> ExpectedFailure | None:
         """The case's declaration, if any and if it applies under the case's thresholds."""
@@ -169,7 +184,8 @@ class QcheckSession:
 
     def quantized(self, case: Case):
         """The quantized HF model for a case: from the disk cache, or computed and stored; for a
-        checkpoint case, the checkpoint dequantized into a copy of the FP model."""
+        checkpoint case, the checkpoint dequantized into a copy of the FP model; for a user
+        quantizer, what it returns, checked, never cached (qcheck/quantize/user_apply.py)."""
         from qcheck.quantize.cache import load_or_quantize
 
         def build():
@@ -180,6 +196,8 @@ class QcheckSession:
                 with self.progress.step(f"{case.id}: load {self.checkpoints[case.quant]}"):
                     return load_checkpoint(model.hf, self.checkpoints[case.quant], name=case.model,
                                            weight_digest=self.weight_digest(case.model))
+            if case.quant.method == "user":
+                return self._user_quantized(case)
             with self.progress.step(f"{case.id}: quantize") as step:
                 quantized = load_or_quantize(model.hf, case.quant, cache_dir=self.cache_dir,
                                              weight_digest=self.weight_digest(case.model),
@@ -187,6 +205,19 @@ class QcheckSession:
                 step.outcome = "from cache" if quantized.from_cache else "computed"
             return quantized
         return self._once(("quantized", case), build)
+
+    def _user_quantized(self, case: Case):
+        from qcheck.quantize.cache import cached_calibration
+        from qcheck.quantize.user_apply import run_user_quantizer
+
+        model, quantizer = self.model(case.model), self.quantizers[case.quant.name]
+        with self.progress.step(f"{case.id}: quantize with {quantizer.target}") as step:
+            step.say("calibration")  # the tokens qcheck's GPTQ gets for the same options, cached
+            calibration = cached_calibration(model.hf, case.quant, weight_digest=self.weight_digest(case.model),
+                                             cache_dir=self.cache_dir, tokenizer=model.tokenizer.hf_tokenizer)
+            step.say("running it")
+            return run_user_quantizer(quantizer, model.hf, case.quant, calibration, name=case.model,
+                                      weight_digest=self.weight_digest(case.model))
 
     def pair(self, case: Case):
         from qcheck.models.bridge import wrap

@@ -17,7 +17,7 @@ MALFORMED = {
                     "one of (16, 32, 64, 128)",
     "gptq-w4-g0": "group_size=0 is not supported",
     "rtn": "missing the bit width, e.g. rtn-w4",
-    "awq-w4": "unknown method 'awq' (expected one of rtn, gptq, gptq-study, checkpoint)",
+    "awq-w4": "unknown method 'awq' (expected one of rtn, gptq, gptq-study, checkpoint, user:NAME)",
     "rtn--w4": "empty token (doubled '-')",
     "rtn-w4-w3": "'w3' repeats or contradicts an earlier token",
     "rtn-w4-act": "act_order only apply to gptq/gptq-study; remove them from the rtn spec",

@@ -6,13 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qcheck.quantize.spec import GRAMMAR, CheckpointRef, QuantSpec, parse_quant_spec
+from qcheck.quantize.spec import GRAMMAR, METHODS, CheckpointRef, QuantSpec, parse_quant_spec
 
 CANONICAL = [
     "rtn-w4", "rtn-w3-g64", "gptq-w4", "gptq-w4-g128-act", "rtn-w4-asym", "gptq-w4-damp0.1",
     "gptq-study-w4", "rtn-w2-ref", "rtn-w8-g16", "gptq-w3-g32-asym-act-static-bs64-noseq",
     "gptq-w4-wikitext2-n32-len512-seed42", "gptq-w4-n8-file:/tmp/my-calib-set.txt", "checkpoint",
-    "checkpoint-w4-g128", "gptq-w4-damp0.00001",
+    "checkpoint-w4-g128", "gptq-w4-damp0.00001", "user:my_rtn-w4", "user:kernels.v2-w3-g32-asym-act-n8-len16",
+    "user:q-w4-file:/tmp/my-calib.txt",
 ]
 
 
@@ -57,6 +58,20 @@ def test_a_checkpoint_ref_is_named_whole():
     assert str(ref) == ref.without_bits == "checkpoint:gptqmodel-gptq-w4g32" and ref.bits is None
 
 
+def test_a_user_quantizer_is_a_spec_with_a_name():
+    spec = parse_quant_spec("user:my_rtn-w3-g32-damp0.1")
+    assert spec == QuantSpec("user", 3, group_size=32, damp=0.1, name="my_rtn")
+    assert (spec.without_bits, spec.bits, spec.needs_calibration) == ("user:my_rtn-g32-damp0.1", 3, True)
+    assert spec != QuantSpec("user", 3, group_size=32, damp=0.1, name="other")
+
+
+def test_only_a_user_quantizer_has_a_name():
+    with pytest.raises(ValueError, match="name='x' only applies to user quantizers"):
+        QuantSpec("rtn", 4, name="x")
+    with pytest.raises(ValueError, match="user quantizer name None"):
+        QuantSpec("user", 4)
+
+
 def test_file_source_keeps_hyphens_in_the_path():
     spec = parse_quant_spec("gptq-w4-file:/data/wiki-text-2.txt")
     assert spec.calibration == "file:/data/wiki-text-2.txt" and spec.bits == 4
@@ -81,6 +96,13 @@ def test_file_source_keeps_hyphens_in_the_path():
     ("gptq-w4-bs0", "block_size=0"),
     ("gptq-study-w4-bs64", "gptq-study has no lazy batching"),
     ("gptq-w4-int4", "unknown token 'int4'"),
+    ("user-w4", "a user quantizer is written user:NAME"),
+    ("user:-w4", "user quantizer name '' must be letters"),
+    ("user:rtn-w4", "'rtn' is qcheck's built-in method rtn"),
+    ("user:checkpoint-w4", "'checkpoint' is qcheck's built-in method"),
+    ("user:my_rtn", "missing the bit width, e.g. user:my_rtn-w4"),
+    ("user:my-rtn-w4", "unknown token 'rtn'"),
+    ("user:9lives-w4", "user quantizer name '9lives' must be letters"),
 ])
 def test_malformed_specs_show_the_text_and_the_grammar(text, why):
     with pytest.raises(ValueError) as err:
@@ -100,17 +122,19 @@ def test_direct_construction_is_validated_too():
 
 @st.composite
 def valid_specs(draw) -> QuantSpec:
-    method = draw(st.sampled_from(["rtn", "gptq", "gptq-study"]))
+    method = draw(st.sampled_from(["rtn", "gptq", "gptq-study", "user"]))
     group_size = draw(st.sampled_from([None, 16, 32, 64, 128]))
     sym = draw(st.booleans())
     grid = dict(bits=draw(st.integers(2, 8)), group_size=group_size, sym=sym,
                 grid=draw(st.sampled_from(["study", "reference"])) if sym else "study")
     if method == "rtn":
         return QuantSpec(method, **grid)
+    name = draw(st.from_regex(r"[A-Za-z_][A-Za-z0-9_.]{0,8}", fullmatch=True)
+                .filter(lambda n: n not in METHODS)) if method == "user" else None
     return QuantSpec(method, **grid, act_order=draw(st.booleans()),
                      static_groups=group_size is not None and draw(st.booleans()),
-                     damp=draw(st.floats(1e-6, 1.0)),
-                     block_size=draw(st.integers(1, 1024)) if method == "gptq" else 128,
+                     damp=draw(st.floats(1e-6, 1.0)), name=name,
+                     block_size=draw(st.integers(1, 1024)) if method in ("gptq", "user") else 128,
                      true_sequential=draw(st.booleans()),
                      calibration=draw(st.sampled_from(["sampled", "wikitext2", "file:/tmp/a-b.txt"])),
                      n_samples=draw(st.integers(1, 4096)), seq_len=draw(st.one_of(st.none(), st.integers(2, 4096))),
