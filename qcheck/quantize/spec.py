@@ -126,7 +126,7 @@ class QuantSpec:
             defaults = {f.name: f.default for f in fields(self)}
             changed = [name for name in _GPTQ_ONLY if getattr(self, name) != defaults[name]]
             if changed:
-                raise ValueError(f"{where}: {', '.join(changed)} only apply to gptq/gptq-study; "
+                raise ValueError(f"{where}: {', '.join(changed)} only apply to gptq, gptq-study and user quantizers; "
                                  f"remove them from the {self.method} spec")
 
     @property

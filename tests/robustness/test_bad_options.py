@@ -20,7 +20,7 @@ MALFORMED = {
     "awq-w4": "unknown method 'awq' (expected one of rtn, gptq, gptq-study, checkpoint, user:NAME)",
     "rtn--w4": "empty token (doubled '-')",
     "rtn-w4-w3": "'w3' repeats or contradicts an earlier token",
-    "rtn-w4-act": "act_order only apply to gptq/gptq-study; remove them from the rtn spec",
+    "rtn-w4-act": "act_order only apply to gptq, gptq-study and user quantizers; remove them from the rtn spec",
     "gptq-w4-damp0": "damp=0.0 must be a fraction in (0, 1], e.g. 0.01",
     "gptq-w4-len1": "seq_len=1 must be >= 2",
     "gptq-w4-n0": "n_samples=0 must be >= 1",

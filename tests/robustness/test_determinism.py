@@ -19,19 +19,16 @@ from qcheck.analyses.fidelity import compare_outputs
 from qcheck.analyses.logit_lens import compare_logit_lens
 from qcheck.thresholds import Thresholds
 from qcheck.pair import Case
-from qcheck.models.registry import ZOO_DIR, zoo_names
 from qcheck.suite.options import ThresholdOverrides
 from qcheck.pair import INDUCTION_HALF
 from qcheck.quantize.spec import parse_quant_spec
 from qcheck.report.results import seeds
 from qcheck.suite.session import QcheckSession
 
+from helpers import smallest_zoo_model
+
 ROOT = Path(__file__).resolve().parents[2]
 QUANT = "gptq-w4-n16-len64"  # GPTQ: sampled calibration, Hessians, Cholesky; small enough to be quick
-
-
-def smallest_zoo_model() -> str:
-    return min(zoo_names(), key=lambda name: (ZOO_DIR / name / "model.safetensors").stat().st_size)
 
 
 def certify(cache_dir: Path) -> dict:

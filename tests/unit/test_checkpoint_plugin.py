@@ -14,18 +14,14 @@ import torch
 from qcheck.pair import Case
 from qcheck.quantize.spec import CheckpointRef, parse_quant_spec
 from qcheck.suite.matrix import DEFAULT_QUANTS, build_cases, is_selected
-from qcheck.models.registry import ZOO_DIR, zoo_names
+from qcheck.models.registry import ZOO_DIR
 
-from helpers import build_tiny, plugin_suite
+from helpers import build_tiny, plugin_suite, smallest_zoo_model
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ["zoo-a", "zoo-b"]
 CKPT = CheckpointRef("my-gptq")
 RTN_W4, GPTQ_W4 = parse_quant_spec("rtn-w4"), parse_quant_spec("gptq-w4")
-
-
-def smallest_zoo_model() -> str:
-    return min(zoo_names(), key=lambda name: (ZOO_DIR / name / "model.safetensors").stat().st_size)
 
 
 def test_a_checkpoint_is_paired_with_the_named_model_only():
