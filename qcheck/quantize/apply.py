@@ -10,10 +10,17 @@ block l − 1's outputs *after* it was quantized. With true_sequential, a block'
 quantized in execution order, one input-sharing group at a time ((qkv), (attn out), (mlp in),
 (mlp out); Llama/Qwen2: (q, k, v), (o), (gate, up), (down)), and the Hessians are recollected
 after each group.
+
+`-bf16` (spec.working_dtype "bfloat16") quantizes as GPTQModel does by default: a bfloat16 copy
+of the model is the working model (its weights are what is quantized, its forward passes give
+GPTQ's inputs, and it carries each quantized linear in bfloat16 to the next forward), and the
+scales are rounded to float16. The twin returned is still the float32 FP model with the
+dequantized linears, as an imported checkpoint is (checkpoint/load.py).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
@@ -86,9 +93,10 @@ def quantize_weight(weight: Float[Tensor, "d_out d_in"], hessian: Float[Tensor, 
     if spec.method == "rtn":
         return rtn(weight, grid, group_size=spec.group_size)
     options = dict(group_size=spec.group_size, damp=spec.damp, act_order=spec.act_order,
-                   static_groups=spec.static_groups)
+                   group_aware=spec.group_aware, static_groups=spec.static_groups)
     if spec.method == "gptq":
-        return gptq(weight, hessian, grid, block_size=spec.block_size, **options)
+        return gptq(weight, hessian, grid, block_size=spec.block_size, block_start_grids=spec.block_start_grids,
+                    **options)
     if spec.method == "gptq-study":
         return gptq_study(weight, hessian, grid, **options)
     raise ValueError(f"quantize_weight: method {spec.method!r} quantizes nothing here; "
@@ -117,13 +125,15 @@ def quantize_model(hf_model: nn.Module, spec: QuantSpec,
                          "build them with qcheck.data.calibration.calibration_for(spec, model)")
     start = time.perf_counter()
     model = copy_with_own_linears(hf_model).eval()
+    work = working_model(model, spec)
+    twins = dict(named_block_linears(model))
     layers: list[LayerReport] = []
     if not spec.needs_calibration:
-        for name, module in named_block_linears(model):
-            layers.append(_quantize_linear(name, module, None, spec, on_layer))
+        for name, module in named_block_linears(work):
+            layers.append(_quantize_linear(name, module, twins[name], None, spec, on_layer))
         return model, QuantReport(str(spec), layers, time.perf_counter() - start)
-    path, blocks = find_blocks(model)
-    inputs = capture_block_inputs(model, blocks, calibration_tokens, batch_size)
+    path, blocks = find_blocks(work)
+    inputs = capture_block_inputs(work, blocks, calibration_tokens, batch_size)
     for l, block in enumerate(blocks):
         if progress is not None:
             progress(f"block {l + 1}/{len(blocks)}")
@@ -132,16 +142,26 @@ def quantize_model(hf_model: nn.Module, spec: QuantSpec,
         for group in groups:
             hessians = collect_hessians(block, {name: linears[name] for name in group}, inputs)
             for name in group:
-                layers.append(_quantize_linear(f"{path}.{l}.{name}", linears[name], hessians[name], spec,
-                                               on_layer))
+                full = f"{path}.{l}.{name}"
+                layers.append(_quantize_linear(full, linears[name], twins[full], hessians[name], spec, on_layer))
         inputs = [(_output(block(hidden, *args, **kwargs)), args, kwargs) for hidden, args, kwargs in inputs]
         del hessians
         release_freed_memory()  # a block's Hessians and solver temporaries, before the next block's
     return model, QuantReport(str(spec), layers, time.perf_counter() - start)
 
 
-def _quantize_linear(name: str, module: nn.Module, hessian: Tensor | None, spec: QuantSpec,
+def working_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
+    """The model whose weights are quantized and whose forwards calibrate GPTQ: `model` itself,
+    or for `-bf16` a bfloat16 deep copy (a cast in place would change the FP model's shared tensors)."""
+    if spec.working_dtype == "float32":
+        return model
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
+def _quantize_linear(name: str, module: nn.Module, twin: nn.Module, hessian: Tensor | None, spec: QuantSpec,
                      on_layer: Callable[[str, QuantizedWeight], None] | None = None) -> LayerReport:
+    """Quantize `module`'s weight (the working model's) and write the result into it and into
+    `twin` (the returned model's linear; the same module unless -bf16)."""
     tick = time.perf_counter()
     # A copy (set_rows below overwrites the module's weight); GPTQ solves in solver_dtype, RTN
     # (no sums, nothing thread-dependent) rounds the float32 weight as the study did.
@@ -157,10 +177,18 @@ def _quantize_linear(name: str, module: nn.Module, hessian: Tensor | None, spec:
     if not torch.isfinite(q.weight).all():  # a kernel bug must never reach a certificate
         raise RuntimeError(f"{spec}: {name}: the quantized weight holds NaN/Inf although the FP weight "
                            f"is finite; this is a bug in qcheck's quantizer, please report it")
-    q = on_float32_grid(q)  # solved in float64: the grid itself is float32, as in checkpoints
+    # Solved in float64: the grid itself is float32, as in checkpoints.
+    q = on_float32_grid(q)
+    # The working model carries it on (true-sequential, the next block's inputs) in its own dtype.
+    set_rows(module, q.weight.to(module.weight.dtype))
+    if twin is not module:  # -bf16: float16 scales, as a bfloat16-holding tool's checkpoint stores them
+        try:
+            q = on_float32_grid(q, torch.float16)
+        except ValueError as error:
+            raise ValueError(f"{spec}: {name}: {error}; quantize without -bf16") from None
+        set_rows(twin, q.weight.to(twin.weight.dtype))
     if on_layer is not None:
         on_layer(name, q)
-    set_rows(module, q.weight.to(module.weight.dtype))
     delta = W - q.weight.to(W.dtype)
     output_error = None
     if hessian is not None:  # ‖ΔX‖² / ‖WX‖² = tr(Δ H Δᵀ) / tr(W H Wᵀ)

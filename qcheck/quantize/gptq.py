@@ -54,6 +54,8 @@ class Prepared:
     H: (d_in, d_in) with dead columns fixed, not yet damped.
     row_grid: (scale, zero) per output row fitted up front (per-row grid), or None.
     static: (scales, zeros) each (d_out, n_groups) fitted up front on the original columns, or None.
+    keeps_groups: the order moves whole groups (group_aware_order), so each fitted grid belongs to
+    one original group and g_idx can stay in natural order.
     """
 
     W: Tensor
@@ -62,19 +64,24 @@ class Prepared:
     dead: int
     row_grid: tuple[Tensor, Tensor] | None
     static: tuple[Tensor, Tensor] | None
+    keeps_groups: bool = False
 
 
 def gptq(weight: Float[Tensor, "d_out d_in"], hessian: Float[Tensor, "d_in d_in"], grid: GridSpec, *,
          group_size: int | None = None, block_size: int = 128, damp: float = 0.01,
-         act_order: bool = False, static_groups: bool = False) -> GPTQResult:
+         act_order: bool = False, group_aware: bool = False, static_groups: bool = False,
+         block_start_grids: bool = False) -> GPTQResult:
     """Quantize `weight` to `grid` minimising ‖(W − Q) X‖² for H = 2/n X Xᵀ (hessian.py).
 
     group_size: a fresh (scale, zero) every `group_size` columns, fitted on the current (already
     error-updated) weights at the group's first column; `static_groups` fits them all up front on
-    the original weights instead. act_order: process columns by decreasing diag(H); the result is
-    returned in the original column order. The caller's tensors are not modified.
+    the original weights instead. act_order: process columns by decreasing diag(H); group_aware:
+    in `group_aware_order`; either way the result is returned in the original column order.
+    block_start_grids: fit a group's grid on the weights as of its block's start, as the
+    reference does (`_block_sizes`). The caller's tensors are not modified.
     """
-    prep = prepare(weight, hessian, grid, group_size=group_size, act_order=act_order, static_groups=static_groups)
+    prep = prepare(weight, hessian, grid, group_size=group_size, act_order=act_order,
+                   group_aware=group_aware, static_groups=static_groups)
     U, damp_used, retries = inverse_cholesky(prep.H, damp)  # (d_in, d_in) upper
     W = prep.W                                               # (d_in, d_out), updated in place
     d_in, d_out = W.shape
@@ -85,10 +92,12 @@ def gptq(weight: Float[Tensor, "d_out d_in"], hessian: Float[Tensor, "d_in d_in"
     for i1 in range(0, d_in, block):
         i2 = min(i1 + block, d_in)
         err1 = W.new_empty((i2 - i1, d_out))                 # (block, d_out): scaled errors
+        fit_on = W[i1:i2].clone() if block_start_grids else None  # the block before its own updates
         for j1 in range(i1, i2, sub):
             j2 = min(j1 + sub, i2)
             for column in range(j1, j2):
-                scale, zero = grids.at(column, W[column:i2].T)
+                upcoming = W[column:i2] if fit_on is None else fit_on[column - i1:]
+                scale, zero = grids.at(column, upcoming.T)
                 err = err1[column - i1]
                 _round_column(W[column], scale, zero, grid.maxq, codes[column], err)
                 err.mul_(inverse_diagonal[column])               # (w − q) / [U]_ii
@@ -108,7 +117,8 @@ def _block_sizes(block_size: int, group_size: int | None) -> tuple[int, int]:
     rounding order only, not the result. Groups must start where every later column of the block
     is up to date, because their grid is fitted then: the block is a multiple of the group size
     and the sub-block divides it. (The reference fits a group starting mid-block on columns whose
-    in-block updates are still pending, so its result depends on blocksize.)
+    in-block updates are still pending, so its result depends on blocksize; `block_start_grids`
+    does the same, to reproduce it and the tools that follow it, GPTQModel among them.)
     """
     if block_size < 1:
         raise ValueError(f"gptq: block_size={block_size} must be >= 1")
@@ -160,12 +170,15 @@ class GroupGrids:
             return *self.prep.static, torch.arange(d_in) // g
         scales = torch.stack([s for s, _ in self.fitted], dim=1)
         zeros = torch.stack([z for _, z in self.fitted], dim=1)
+        if self.prep.keeps_groups:  # fitted group k holds the columns of original group order[k·g] // g
+            original = torch.argsort(order[::g] // g)
+            return scales[:, original], zeros[:, original], torch.arange(d_in) // g
         position = torch.arange(d_in) if order is None else torch.argsort(order)  # column -> position
         return scales, zeros, position // g
 
 
 def prepare(weight: Tensor, hessian: Tensor, grid: GridSpec, *, group_size: int | None,
-            act_order: bool, static_groups: bool) -> Prepared:
+            act_order: bool, static_groups: bool, group_aware: bool = False) -> Prepared:
     """Validate, copy, fix dead columns, fit up-front grids and apply act-order."""
     if weight.ndim != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"gptq: weight (d_out, d_in) = {tuple(weight.shape)} needs a (d_in, d_in) "
@@ -174,6 +187,8 @@ def prepare(weight: Tensor, hessian: Tensor, grid: GridSpec, *, group_size: int 
         raise ValueError("gptq: the hessian has NaN/inf entries; check the calibration inputs")
     if static_groups and group_size is None:
         raise ValueError("gptq: static_groups needs a group_size")
+    if group_aware and (group_size is None or act_order or static_groups):
+        raise ValueError("gptq: group_aware needs a group_size and excludes act_order and static_groups")
     dtype = compute_dtype(weight)
     W = weight.detach().to(dtype).clone()                # (d_out, d_in)
     H = hessian.detach().to(dtype=dtype, device=W.device).clone()
@@ -194,8 +209,27 @@ def prepare(weight: Tensor, hessian: Tensor, grid: GridSpec, *, group_size: int 
     if act_order:
         # stable: equal diagonals keep their natural order, so the result is deterministic.
         order = torch.argsort(H.diagonal(), descending=True, stable=True)
+    elif group_aware:
+        order = group_aware_order(H.diagonal(), group_size)
+    if order is not None:
         W, H = W[:, order], H[order][:, order]
-    return Prepared(W=W.T.contiguous(), H=H, order=order, dead=int(dead.sum()), row_grid=row_grid, static=static)
+    return Prepared(W=W.T.contiguous(), H=H, order=order, dead=int(dead.sum()), row_grid=row_grid, static=static,
+                    keeps_groups=group_aware)
+
+
+def group_aware_order(diagonal: Float[Tensor, "d_in"], group_size: int) -> Int[Tensor, "d_in"]:
+    """Group-aware reordering (GAR; Gafni et al., "Dual Precision Quantization", CVPRW 2025), as
+    GPTQModel 7.6 applies it by default (act_group_aware): within each group, its columns by
+    decreasing diag(H); the groups by their largest diag(H), decreasing. A trailing partial group
+    keeps its place and order. Unlike act-order every group keeps its own columns, so its grid is
+    fitted on them and a checkpoint needs no g_idx permutation. Ties keep natural order (stable)."""
+    d_in = diagonal.numel()
+    n_full = d_in // group_size
+    groups = diagonal[:n_full * group_size].reshape(n_full, group_size)  # (n_full, group_size)
+    within = torch.argsort(groups, dim=1, descending=True, stable=True)
+    by_max = torch.argsort(groups.max(dim=1).values, descending=True, stable=True)
+    order = (within + torch.arange(n_full)[:, None] * group_size)[by_max].reshape(-1)
+    return torch.cat([order, torch.arange(n_full * group_size, d_in)])
 
 
 def inverse_cholesky(H: Float[Tensor, "d_in d_in"], damp: float) -> tuple[Tensor, float, int]:

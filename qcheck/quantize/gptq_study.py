@@ -21,9 +21,10 @@ from qcheck.quantize.grid import GridSpec, decode, encode
 
 def gptq_study(weight: Float[Tensor, "d_out d_in"], hessian: Float[Tensor, "d_in d_in"], grid: GridSpec, *,
                group_size: int | None = None, damp: float = 0.01, act_order: bool = False,
-               static_groups: bool = False) -> GPTQResult:
+               group_aware: bool = False, static_groups: bool = False) -> GPTQResult:
     """The study's stale-inverse GPTQ: same arguments as `gptq.gptq` (no block size: no lazy batching)."""
-    prep = prepare(weight, hessian, grid, group_size=group_size, act_order=act_order, static_groups=static_groups)
+    prep = prepare(weight, hessian, grid, group_size=group_size, act_order=act_order, group_aware=group_aware,
+                   static_groups=static_groups)
     H = prep.H
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     Hinv = torch.linalg.inv(H + damp * H.diagonal().mean() * eye)  # (d_in, d_in), never updated

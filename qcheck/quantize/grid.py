@@ -125,21 +125,24 @@ def assemble(codes: Real[Tensor, "d_out d_in"], scales: Float[Tensor, "d_out n_g
     return QuantizedWeight(weight=weight, codes=codes.long(), scales=scales, zeros=zeros, g_idx=g_idx)
 
 
-def on_float32_grid(q: QuantizedWeight) -> QuantizedWeight:
-    """`q` with its scales rounded to float32 and the weight rebuilt from the same codes, so a
-    float32 checkpoint of it is it exactly; `q` itself if its scales are float32 already.
+def on_float32_grid(q: QuantizedWeight, scale_dtype: torch.dtype = torch.float32) -> QuantizedWeight:
+    """`q` with its scales rounded to `scale_dtype` (float32, or float16 as GPTQ checkpoints store
+    them) and the weight rebuilt in float32 from the same codes, so a checkpoint of it is it
+    exactly; `q` itself if its scales are float32 and that is what was asked.
 
-    A group whose float64 scale is below float32's range (a denormal-range group) gets what
-    `_nonzero` gives in float32: scale 1, codes at the zero point, weight 0. Other fields of a
-    QuantizedWeight subclass (GPTQResult's damp, ...) are kept.
+    A group whose scale is below the dtype's range (it rounds to 0) gets what `_nonzero` gives:
+    scale 1, codes at the zero point, weight 0. A scale beyond float16's range is refused. Other
+    fields of a QuantizedWeight subclass (GPTQResult's damp, ...) are kept.
     """
-    if q.scales.dtype == torch.float32:
+    if q.scales.dtype == scale_dtype == torch.float32:
         return q
-    scales, zeros, codes = q.scales.float(), q.zeros.float(), q.codes
+    scales, zeros, codes = q.scales.to(scale_dtype), q.zeros.float(), q.codes
+    if not torch.isfinite(scales).all():
+        raise ValueError(f"a scale of {float(q.scales.abs().max()):.6g} does not fit {scale_dtype}")
     underflow = scales == 0
     if underflow.any():
         scales = torch.where(underflow, torch.ones_like(scales), scales)
         codes = torch.where(underflow[:, q.g_idx], zeros[:, q.g_idx].long(), codes)
-    rebuilt = assemble(codes, scales, zeros, q.g_idx, torch.float32)
+    rebuilt = assemble(codes, scales.float(), zeros, q.g_idx, torch.float32)
     return dataclasses.replace(q, weight=rebuilt.weight, codes=rebuilt.codes, scales=rebuilt.scales,
                                zeros=rebuilt.zeros)

@@ -5,8 +5,8 @@ The short form is used in test ids and on the command line. Grammar (tokens join
 defaults omitted, canonical order as written; `str(spec)` gives the canonical form and
 `parse_quant_spec(str(spec)) == spec`):
 
-    METHOD-wBITS [-gGROUP] [-asym | -ref] [-act] [-static] [-dampX] [-bsN] [-noseq]
-                 [-sampled | -wikitext2] [-nN] [-lenN] [-seedN] [-file:PATH]
+    METHOD-wBITS [-gGROUP] [-asym | -ref] [-act | -gar] [-static | -blockfit] [-dampX] [-bsN] [-noseq]
+                 [-bf16] [-sampled | -wikitext2] [-nN] [-lenN] [-seedN] [-file:PATH]
 
     METHOD   rtn | gptq | gptq-study | checkpoint | user:NAME   (checkpoint: -wBITS optional)
              user:NAME is a user quantizer (--qcheck-quantizer, entry point group qcheck.quantizers;
@@ -18,10 +18,22 @@ defaults omitted, canonical order as written; `str(spec)` gives the canonical fo
     asym     asymmetric min/max grid with a zero point (default: symmetric)
     ref      the reference implementation's symmetric grid instead of the study's (see below)
     act      act-order: quantize input columns by decreasing diag(H)          (GPTQ only)
+    gar      group-aware reordering (GAR, Gafni et al. 2025; GPTQModel's default act_group_aware):
+             each group's columns by decreasing diag(H), groups by their largest diag(H); every
+             group keeps its columns, so g_idx stays in order. Needs -gGROUP.  (GPTQ only)
     static   fit every group's grid up front instead of at the group's start  (GPTQ only)
+    blockfit fit a group's grid on the weights as they were at the start of its lazy-update block,
+             as IST-DASLab gptq.py and GPTQModel do (the updates from the block's earlier columns
+             are still pending there); default: on the up-to-date weights (gptq.py
+             `_block_sizes`). With it the result depends on -bsN. Needs -gGROUP.  (gptq only)
     dampX    damping, fraction of mean diag(H), a plain decimal (default 0.01) (GPTQ only)
     bsN      lazy-update block size (default 128)                        (gptq only)
     noseq    not true-sequential: quantize a block's linears from one pass    (GPTQ only)
+    bf16     quantize as a tool that holds the model in bfloat16 does (GPTQModel's default):
+             the weights are rounded to bfloat16 before they are quantized, GPTQ's calibration
+             forwards run on a bfloat16 copy (so its Hessians see bfloat16 activations), and the
+             scales are rounded to float16 as GPTQ checkpoints store them. The rest of the
+             quantized twin is the FP model's, as for an imported checkpoint.
     sampled | wikitext2 | file:PATH   calibration source (default sampled; file: must come last,
              it takes the rest of the text, so PATH may contain "-")           (GPTQ only)
     nN       calibration sequences (default 128); lenN tokens each (default: the model's
@@ -50,9 +62,10 @@ from decimal import Decimal
 METHODS = ("rtn", "gptq", "gptq-study", "checkpoint", "user")
 GROUP_SIZES = (16, 32, 64, 128)
 GRIDS = ("study", "reference")
+WORKING_DTYPES = ("float32", "bfloat16")
 CALIBRATION_SOURCES = ("sampled", "wikitext2", "file:PATH")
 
-GRAMMAR = ("METHOD-wBITS[-gGROUP][-asym|-ref][-act][-static][-dampX][-bsN][-noseq]"
+GRAMMAR = ("METHOD-wBITS[-gGROUP][-asym|-ref][-act|-gar][-static|-blockfit][-dampX][-bsN][-noseq][-bf16]"
            "[-sampled|-wikitext2][-nN][-lenN][-seedN][-file:PATH], METHOD in rtn|gptq|gptq-study|"
            "checkpoint|user:NAME, BITS 2..8, GROUP 16|32|64|128; e.g. rtn-w4, gptq-w4-g128-act, user:my_rtn-w4")
 # A user quantizer's NAME (user:NAME): no "-", which splits the short form; not a built-in method.
@@ -60,7 +73,7 @@ USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 # Options that only a calibrated method (GPTQ, a user quantizer) reads; rtn and checkpoint must
 # leave them default.
-_GPTQ_ONLY = ("act_order", "static_groups", "damp", "block_size", "true_sequential", "calibration",
+_GPTQ_ONLY = ("act_order", "group_aware", "static_groups", "block_start_grids", "damp", "block_size", "true_sequential", "calibration",
               "n_samples", "seq_len", "seed")
 
 
@@ -74,10 +87,13 @@ class QuantSpec:
     sym: bool = True
     grid: str = "study"            # symmetric grid: "study" or "reference"
     act_order: bool = False
+    group_aware: bool = False      # GAR: reorder within groups, then groups (see "gar" above)
     static_groups: bool = False
+    block_start_grids: bool = False  # fit groups as the reference does ("blockfit" above)
     damp: float = 0.01             # fraction of mean diag(H) added to the diagonal
     block_size: int = 128          # columns per lazy-update block (Frantar et al. 2022, 3.2 step 2)
     true_sequential: bool = True
+    working_dtype: str = "float32"  # "bfloat16": quantize as a bf16-holding tool does ("bf16")
     calibration: str = "sampled"   # "sampled" | "wikitext2" | "file:PATH"
     n_samples: int = 128           # calibration sequences
     seq_len: int | None = None     # tokens per sequence; None: min(model context, 128)
@@ -110,6 +126,21 @@ class QuantSpec:
             raise ValueError(f"{where}: block_size={self.block_size!r} must be >= 1")
         if self.method == "gptq-study" and self.block_size != 128:
             raise ValueError(f"{where}: gptq-study has no lazy batching, so no block size; drop -bs{self.block_size}")
+        if self.working_dtype not in WORKING_DTYPES:
+            raise ValueError(f"{where}: working_dtype={self.working_dtype!r}; expected one of {WORKING_DTYPES}")
+        if self.method == "checkpoint" and self.working_dtype != "float32":
+            raise ValueError(f"{where}: a checkpoint was quantized already; drop -bf16")
+        if self.group_aware and self.group_size is None:
+            raise ValueError(f"{where}: group-aware reordering (-gar) reorders within groups and needs a "
+                             f"group size, e.g. -g32-gar")
+        if self.group_aware and (self.act_order or self.static_groups):
+            raise ValueError(f"{where}: -gar is a column order of its own; it cannot be combined with "
+                             f"{'-act' if self.act_order else '-static'}")
+        if self.block_start_grids and (self.group_size is None or self.static_groups):
+            raise ValueError(f"{where}: -blockfit changes when a group's grid is fitted during the solve; it "
+                             f"needs a group size and no -static, e.g. -g32-blockfit")
+        if self.block_start_grids and self.method == "gptq-study":
+            raise ValueError(f"{where}: gptq-study has no lazy-update blocks; drop -blockfit")
         if self.static_groups and self.group_size is None:
             raise ValueError(f"{where}: static groups need a group size, e.g. -g128-static")
         if not (self.calibration in ("sampled", "wikitext2")
@@ -156,14 +187,20 @@ class QuantSpec:
             parts.append("ref")
         if self.act_order:
             parts.append("act")
+        if self.group_aware:
+            parts.append("gar")
         if self.static_groups:
             parts.append("static")
+        if self.block_start_grids:
+            parts.append("blockfit")
         if self.damp != 0.01:
             parts.append(f"damp{_decimal(self.damp)}")
         if self.block_size != 128:
             parts.append(f"bs{self.block_size}")
         if not self.true_sequential:
             parts.append("noseq")
+        if self.working_dtype == "bfloat16":
+            parts.append("bf16")
         if self.calibration == "wikitext2":
             parts.append("wikitext2")
         if self.n_samples != 128:
@@ -225,8 +262,10 @@ _VALUED = [
     (re.compile(r"len(\d+)"), "seq_len", int),
     (re.compile(r"seed(\d+)"), "seed", int),
 ]
-_FLAGS = {"asym": ("sym", False), "ref": ("grid", "reference"), "act": ("act_order", True),
-          "static": ("static_groups", True), "noseq": ("true_sequential", False),
+_FLAGS = {"asym": ("sym", False), "ref": ("grid", "reference"), "act": ("act_order", True), "gar": ("group_aware", True),
+          "bf16": ("working_dtype", "bfloat16"),
+          "static": ("static_groups", True),
+          "blockfit": ("block_start_grids", True), "noseq": ("true_sequential", False),
           "sampled": ("calibration", "sampled"), "wikitext2": ("calibration", "wikitext2")}
 
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from qcheck.quantize.gptq import gptq
+from qcheck.quantize.gptq import group_aware_order, gptq
 from qcheck.quantize.grid import GridSpec
 from qcheck.quantize.hessian import HessianAccumulator, hessian
 from qcheck.quantize.rtn import rtn
@@ -131,3 +131,63 @@ def test_hessian_accumulates_batch_by_batch(draw, data):
     x = torch.cat(batches)
     assert acc.n_tokens == len(x)
     assert torch.allclose(acc.hessian(), 2 / len(x) * x.T @ x, rtol=1e-12, atol=1e-12)
+
+
+@given(data=st.data())
+def test_group_aware_order_moves_whole_groups(draw, data):
+    """GAR: each group's columns by decreasing diag(H), groups by their largest diag(H); a
+    trailing partial group stays last, in natural order."""
+    d_in = data.draw(st.integers(1, 40), label="d_in")
+    g = data.draw(st.integers(1, d_in), label="group_size")
+    diag = draw.positive(data, d_in)
+    order = group_aware_order(diag, g)
+    assert sorted(order.tolist()) == list(range(d_in))
+    n_full = d_in // g
+    blocks = order[:n_full * g].reshape(n_full, g)
+    for block in blocks:
+        assert len(set((block // g).tolist())) == 1                       # one original group each
+        assert torch.all(diag[block][:-1] >= diag[block][1:])             # decreasing inside
+    maxima = diag[blocks[:, 0]] if n_full else diag[:0]
+    assert torch.all(maxima[:-1] >= maxima[1:])                           # groups by their max
+    assert torch.equal(order[n_full * g:], torch.arange(n_full * g, d_in))
+
+
+@given(data=st.data())
+def test_group_aware_gptq_is_natural_gptq_of_the_reordered_columns(draw, data):
+    """-gar only relabels: GPTQ over GAR's column order, returned in the original order, with
+    g_idx in natural order and each original group's own grid."""
+    grid = data.draw(draw.grids, label="grid")
+    w, H = _layer(draw, data, dtype=torch.float64)
+    g = data.draw(st.integers(1, w.shape[1]), label="group_size")
+    q = gptq(w, H, grid, group_size=g, group_aware=True)
+    order = group_aware_order(H.diagonal(), g)
+    natural = gptq(w[:, order], H[order][:, order], grid, group_size=g)
+    assert torch.equal(q.weight[:, order], natural.weight)
+    assert torch.equal(q.g_idx, torch.arange(w.shape[1]) // g)
+    assert torch.equal(q.scales[:, q.g_idx][:, order], natural.scales[:, natural.g_idx])
+
+
+@given(data=st.data())
+def test_blockfit_is_the_default_when_every_group_starts_a_block(draw, data):
+    grid = data.draw(draw.grids, label="grid")
+    w, H = _layer(draw, data)
+    g = data.draw(st.integers(1, w.shape[1]), label="group_size")
+    options = dict(group_size=g, block_size=g, act_order=data.draw(st.booleans(), label="act_order"))
+    assert torch.equal(gptq(w, H, grid, block_start_grids=True, **options).weight, gptq(w, H, grid, **options).weight)
+
+
+def test_blockfit_fits_a_mid_block_group_on_the_weights_of_the_blocks_start():
+    """Two groups of 4 in one block of 8: with -blockfit the second group's grid is RTN's grid of
+    the original columns 4..7 (no update of the block has reached it yet), by default it is
+    fitted on the updated ones."""
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 8, generator=generator, dtype=torch.float64)
+    x = torch.randn(64, 8, generator=generator, dtype=torch.float64) @ torch.randn(8, 8, generator=generator,
+                                                                                  dtype=torch.float64)
+    H, grid = 2 / 64 * x.T @ x, GridSpec(4, kind="reference")
+    stale = gptq(w, H, grid, group_size=4, block_size=8, block_start_grids=True)
+    fresh = gptq(w, H, grid, group_size=4, block_size=8)
+    original = rtn(w, grid, group_size=4)
+    assert torch.equal(stale.scales[:, 1], original.scales[:, 1])
+    assert not torch.equal(fresh.scales[:, 1], original.scales[:, 1])
+    assert torch.equal(stale.scales[:, 0], fresh.scales[:, 0])  # the first group starts the block

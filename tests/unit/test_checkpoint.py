@@ -66,6 +66,19 @@ def test_float32_export_imports_to_the_in_memory_model_exactly(tiny_model, calib
     assert model_digest(tiny_model) == before  # export and import work on copies
 
 
+@pytest.mark.parametrize("spec, fmt", [("gptq-w4-g16-ref-gar-blockfit-bf16", "v1"), ("rtn-w4-g16-ref-bf16", "v2"),
+                                       ("gptq-w3-g16-asym-act-bf16", "v2")])
+def test_a_bf16_spec_exports_as_float16_exactly(tiny_model, calibration_tokens, tmp_path, spec, fmt):
+    """-bf16 rounds the scales to float16 already, so the default float16 checkpoint is the
+    in-memory twin exactly; -gar keeps g_idx in natural order, so it exports without act-order."""
+    export(tiny_model, spec, tmp_path / "ckpt", calibration_tokens, format=fmt)
+    loaded = load_checkpoint(tiny_model, tmp_path / "ckpt")
+    in_memory, _ = quantize_model(tiny_model, parse_quant_spec(spec), calibration_tokens)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), in_memory.state_dict().values()))
+    if "gar" in spec:
+        assert json.loads((tmp_path / "ckpt" / "quantize_config.json").read_text())["desc_act"] is False
+
+
 def test_float16_export_rounds_the_scales_and_nothing_else(tiny_model, tmp_path):
     spec = parse_quant_spec("rtn-w4-g16")
     grids = {}

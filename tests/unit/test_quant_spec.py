@@ -13,7 +13,8 @@ CANONICAL = [
     "gptq-study-w4", "rtn-w2-ref", "rtn-w8-g16", "gptq-w3-g32-asym-act-static-bs64-noseq",
     "gptq-w4-wikitext2-n32-len512-seed42", "gptq-w4-n8-file:/tmp/my-calib-set.txt", "checkpoint",
     "checkpoint-w4-g128", "gptq-w4-damp0.00001", "user:my_rtn-w4", "user:kernels.v2-w3-g32-asym-act-n8-len16",
-    "user:q-w4-file:/tmp/my-calib.txt",
+    "user:q-w4-file:/tmp/my-calib.txt", "gptq-w4-g32-ref-gar-blockfit-damp0.05-bf16-n32", "rtn-w4-g32-ref-bf16",
+    "gptq-w4-g32-act-blockfit",
 ]
 
 
@@ -96,6 +97,15 @@ def test_file_source_keeps_hyphens_in_the_path():
     ("gptq-w4-bs0", "block_size=0"),
     ("gptq-study-w4-bs64", "gptq-study has no lazy batching"),
     ("gptq-w4-int4", "unknown token 'int4'"),
+    ("gptq-w4-gar", "(-gar) reorders within groups and needs a group size"),
+    ("gptq-w4-g32-act-gar", "cannot be combined with -act"),
+    ("gptq-w4-g32-static-gar", "cannot be combined with -static"),
+    ("rtn-w4-g32-gar", "group_aware only apply to gptq"),
+    ("gptq-w4-blockfit", "needs a group size and no -static"),
+    ("gptq-w4-g32-static-blockfit", "needs a group size and no -static"),
+    ("gptq-study-w4-g32-blockfit", "gptq-study has no lazy-update blocks"),
+    ("checkpoint-bf16", "a checkpoint was quantized already; drop -bf16"),
+    ("gptq-w4-bf16-bf16", "'bf16' repeats"),
     ("user-w4", "a user quantizer is written user:NAME"),
     ("user:-w4", "user quantizer name '' must be letters"),
     ("user:rtn-w4", "'rtn' is qcheck's built-in method rtn"),

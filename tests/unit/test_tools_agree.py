@@ -8,7 +8,13 @@ qcheck's importer: they compare qcheck's RTN (qcheck/quantize/rtn.py) with the t
 - GPTQModel 7.6 RTN holds the model in bfloat16 and stores float16 scales: qcheck's `ref` RTN of
   the bfloat16-rounded weights, with its scales rounded to float16, is the tool's weight bit for
   bit. From the float32 weights instead, about half the weights differ (the control below): the
-  bfloat16 rounding is what separates the two, not the grid.
+  bfloat16 rounding is what separates the two, not the grid. Through the whole quantizer that is
+  `rtn-w4-g32-ref-bf16`.
+- GPTQModel 7.6 GPTQ is qcheck's `-gar-blockfit-bf16` (group-aware order, groups fitted as of the
+  lazy block's start, the bfloat16 working model): the first linear GPTQ meets, whose inputs are
+  the same, agrees to ≥ 99 % of its weights; without any one of the three options ≤ 80 % do. Later
+  linears differ more (its float32 solve, qcheck's float64 one, move codes by a step that later
+  layers see as other inputs); what decides is that the verdicts agree (certify_table.py).
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from qcheck.data.calibration import from_file
+from qcheck.quantize.apply import quantize_model
 from qcheck.quantize.grid import GridSpec
+from qcheck.quantize.spec import parse_quant_spec
 from qcheck.quantize.linears import get_rows, named_block_linears
 from qcheck.quantize.rtn import rtn
 
@@ -84,3 +93,46 @@ def test_the_bfloat16_rounding_is_what_separates_gptqmodels_rtn_from_qchecks(fp_
         mine = q.scales.half().float()[:, q.g_idx] * (q.codes - q.zeros[:, q.g_idx])
         differ, total = differ + int((mine != tool).sum()), total + tool.numel()
     assert differ > total // 4, f"only {differ} of {total} differ"
+
+
+def test_rtn_bf16_is_gptqmodels_rtn_through_the_whole_quantizer(fp_model):
+    """`-bf16` in quantize_model: the tool's weights bit for bit; the rest of the twin is the FP
+    model's own tensors, and the FP model is left as it was."""
+    fixture = "gptqmodel-zoo-pythia-2l64-rtn-w4-g32-sym-v1"
+    model = fp_model("zoo-pythia-2l64")
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    twin, _ = quantize_model(model, parse_quant_spec("rtn-w4-g32-ref-bf16"))
+    reference = load_file(OUT / f"{fixture}.reference.safetensors")
+    for name, module in named_block_linears(twin):
+        assert torch.equal(get_rows(module), reference[f"{name}.weight"]), name
+    quantized = {f"{name}.weight" for name, _ in named_block_linears(twin)}
+    fp_tensors = dict(model.state_dict(keep_vars=True))
+    for name, t in twin.state_dict(keep_vars=True).items():
+        assert t.dtype == torch.float32, name
+        if name not in quantized:
+            assert t is fp_tensors[name], f"{name} is a copy, not the FP model's tensor"
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+
+
+GPTQ_FIXTURE = "gptqmodel-zoo-pythia-2l64-gptq-w4-g32-sym-v1"
+GPTQ_SPEC = "gptq-w4-g32-ref-gar-blockfit-damp0.05-bf16-n32-len64"
+
+
+def _first_linear_agreement(model, spec: str) -> float:
+    """Fraction of the first block-linear's weights within half a bfloat16 ulp of GPTQModel's."""
+    calibration = from_file(OUT / "calibration-ids.json", n_samples=32, seq_len=64, seed=0,
+                            vocab_size=model.config.vocab_size).tokens
+    twin, _ = quantize_model(model, parse_quant_spec(spec), calibration)
+    name, module = next(iter(named_block_linears(twin)))
+    tool = load_file(OUT / f"{GPTQ_FIXTURE}.reference.safetensors")[f"{name}.weight"]
+    return float(((get_rows(module) - tool).abs() <= 2 ** -9 * tool.abs() + 1e-7).float().mean())
+
+
+@pytest.mark.parametrize("dropped", [None, "gar", "blockfit", "bf16"])
+def test_gptqmodels_gptq_needs_all_three_options(dropped, fp_model):
+    spec = GPTQ_SPEC if dropped is None else GPTQ_SPEC.replace(f"-{dropped}", "")
+    agreement = _first_linear_agreement(fp_model("zoo-pythia-2l64"), spec)
+    if dropped is None:
+        assert agreement >= 0.99, f"{spec}: only {agreement:.3f} of the weights agree"
+    else:
+        assert agreement <= 0.8, f"{spec} without -{dropped} agrees on {agreement:.3f}: is the option needed?"
