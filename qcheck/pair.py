@@ -15,7 +15,7 @@ import torch
 
 from qcheck.analyses.base import PROMPT_SETS, PromptSet
 from qcheck.capture import Capture, block_hooks, capture, pad_prompts
-from qcheck.data.induction import INDUCTION_HALF, INDUCTION_SEED, repeated_random_tokens
+from qcheck.data.induction import INDUCTION_HALF, INDUCTION_SEED, induction_sets
 from qcheck.data.prompts import LOGIT_LENS, encode_prompts, natural_texts
 from qcheck.memory import release_freed_memory
 from qcheck.models.load import LoadedModel
@@ -28,20 +28,21 @@ if TYPE_CHECKING:
 
 
 
-def prompt_tokens(model: LoadedModel, prompt_set: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens, mask) of a prompt set for this model (BOS first, cut to its context)."""
+def prompt_tokens(model: LoadedModel, prompt_set: str, *, n_induction_sets: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, mask) of a prompt set for this model (BOS first, cut to its context); the induction
+    set is `n_induction_sets` independent sets of 50 sequences (--qcheck-seeds)."""
     tokenizer = model.tokenizer
     if prompt_set == "induction":
         low, high = tokenizer.random_range
-        tokens = repeated_random_tokens(half=INDUCTION_HALF, low=low, high=high, bos=tokenizer.bos,
-                                        seed=INDUCTION_SEED)
+        tokens = induction_sets(n_induction_sets, half=INDUCTION_HALF, low=low, high=high, bos=tokenizer.bos,
+                                seed=INDUCTION_SEED)
         return tokens, torch.ones_like(tokens, dtype=torch.bool)
     texts = {"natural": natural_texts(), "lens": LOGIT_LENS}[prompt_set]
     return pad_prompts(encode_prompts(texts, tokenizer.encode, model.n_ctx), pad=tokenizer.bos)
 
 
-def capture_prompt_set(bridge, model: LoadedModel, prompt_set: str) -> Capture:
-    tokens, mask = prompt_tokens(model, prompt_set)
+def capture_prompt_set(bridge, model: LoadedModel, prompt_set: str, *, n_induction_sets: int = 1) -> Capture:
+    tokens, mask = prompt_tokens(model, prompt_set, n_induction_sets=n_induction_sets)
     n_layers = bridge.cfg.n_layers
     if prompt_set == "natural":
         return capture(bridge, tokens, mask, names=block_hooks(n_layers), lens=False)
@@ -85,6 +86,7 @@ class Pair:
     fp_bridge: "TransformerBridge"
     quant_bridge: "TransformerBridge"
     fp_capture: Callable[[str], Capture]   # the session's shared FP captures
+    n_induction_sets: int = 1               # --qcheck-seeds
     _quant_captures: dict = field(default_factory=dict, repr=False)
 
     def captures(self, prompt_set: PromptSet) -> tuple[Capture, Capture]:
@@ -92,6 +94,7 @@ class Pair:
         if prompt_set not in PROMPT_SETS:
             raise ValueError(f"unknown prompt set {prompt_set!r}; expected one of {PROMPT_SETS}")
         if prompt_set not in self._quant_captures:
-            self._quant_captures[prompt_set] = capture_prompt_set(self.quant_bridge, self.fp, prompt_set)
+            self._quant_captures[prompt_set] = capture_prompt_set(self.quant_bridge, self.fp, prompt_set,
+                                                                  n_induction_sets=self.n_induction_sets)
             release_freed_memory()
         return self.fp_capture(prompt_set), self._quant_captures[prompt_set]

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 from qcheck.capture import Capture
@@ -76,3 +77,62 @@ def layer_names(capture: Capture, hook: str) -> list[str]:
 def nan_to_none(value: float) -> float | None:
     """JSON has no NaN: an undefined value goes into a baseline as null."""
     return None if math.isnan(value) else value
+
+
+# --- intervals and three-way verdicts (qcheck/metrics.py, qcheck/verdict.py) ----------------------
+
+def unit_sums(values: torch.Tensor, unit: torch.Tensor, n_units: int) -> torch.Tensor:
+    """Σ of per-token `values` (n,) by sampled unit (`unit`: (n,) indices in [0, n_units)), float64."""
+    return torch.zeros(n_units, dtype=torch.float64).index_add_(0, unit, values.double())
+
+
+def percentile_bounds(boot: np.ndarray) -> np.ndarray:
+    """(2, *element_shape): the 95 % percentile bounds of (R, *element_shape) bootstrap values."""
+    from qcheck.metrics import CONFIDENCE
+
+    tail = (1 - CONFIDENCE) / 2 * 100
+    return np.percentile(boot, [tail, 100 - tail], axis=0)
+
+
+Bounds = tuple[float, float]
+
+
+def side_of(point: float, bounds: Bounds | None, cut: float, *, minimum: bool) -> str:
+    """pass / fail / borderline of one element (qcheck/metrics.py Interval.side); without bounds,
+    the two-way verdict of its point value (NaN fails)."""
+    from qcheck.metrics import Interval
+
+    if bounds is None:
+        return "fail" if (fails_min(point, cut) if minimum else fails_max(point, cut)) else "pass"
+    return Interval(point, bounds[0], bounds[1], 0.95).side(cut, minimum=minimum)
+
+
+def show(point: float, bounds: Bounds | None) -> str:
+    """'0.9496 [0.9481, 0.951]', or the point alone without bounds."""
+    return fmt(point) if bounds is None else f"{fmt(point)} [{fmt(bounds[0])}, {fmt(bounds[1])}]"
+
+
+def judge_elements(criterion: str, what: str, cut: float, elements: list[tuple[str, float, Bounds | None]],
+                   *, minimum: bool, unit: str = "") -> list:
+    """The Failure (or none) of a criterion every element must meet, e.g. each layer's cosine
+    >= cut: one naming the elements whose interval is wholly on the failing side, worst first
+    (and, after them, the borderline ones); else a borderline one naming the elements whose
+    interval straddles the cut; else nothing."""
+    from qcheck.verdict import Failure
+
+    sides = [(name, point, bounds, side_of(point, bounds, cut, minimum=minimum)) for name, point, bounds in elements]
+    failing = [e for e in sides if e[3] == "fail"]
+    undecided = [e for e in sides if e[3] == "borderline"]
+    rank = lambda items: worst_first(items, lambda e: e[1], high_is_bad=not minimum)
+    relation = "below" if minimum else "above"
+    if failing:
+        ranked = rank(failing)
+        text = f"{what} {relation} {fmt(cut)}{unit} at " + listing(f"{n} ({show(p, b)})" for n, p, b, _ in ranked)
+        if undecided:
+            text += "; borderline at " + listing(f"{n} ({show(p, b)})" for n, p, b, _ in rank(undecided))
+        return [Failure(criterion, text, ranked[0][1])]
+    if undecided:
+        ranked = rank(undecided)
+        return [Failure(criterion, f"borderline: {what} straddles {fmt(cut)}{unit} at "
+                        + listing(f"{n} ({show(p, b)})" for n, p, b, _ in ranked), ranked[0][1], borderline=True)]
+    return []

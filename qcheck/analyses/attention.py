@@ -14,13 +14,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
 from qcheck import metrics
-from qcheck.analyses._common import (check_same_inputs, fails_max, fails_min, fmt, head_key,
-                                     layer_names, listing, worst_first)
+from qcheck.analyses._common import (Bounds, check_same_inputs, fails_min, fmt, head_key, judge_elements,
+                                     layer_names, listing, percentile_bounds, worst_first)
+from qcheck.analyses._common import show as show_bounds
+from qcheck.analyses.heads import HeadCalls, call_heads
 from qcheck.capture import Capture
 from qcheck.analyses.base import Analysis, Context, DOWN_DIFF, Headline, Threshold, UP
 from qcheck.verdict import Failure
@@ -69,6 +72,20 @@ class AttentionResult:
     prev_token_fp: PerHead
     prev_token_quant: PerHead
     n_queries: int
+    # (low, high) [layer][head] of each, 95 % bootstrap over the prompts; None: no per-prompt values
+    bounds: dict[str, tuple[tuple[Bounds, ...], ...]] | None = None
+    summary_bounds: dict[str, Bounds] | None = None
+
+    def _bounds(self, key: str, head: tuple[int, int]) -> Bounds:
+        if self.bounds is None:
+            value = getattr(self, key)[head[0]][head[1]]
+            return value, value
+        return self.bounds[key][head[0]][head[1]]
+
+    def calls(self) -> HeadCalls:
+        """Previous-token heads read three-way on their intervals (heads.py call_heads)."""
+        return call_heads(self._heads(), lambda hd: self._bounds("prev_token_fp", hd),
+                          lambda hd: self._bounds("prev_token_quant", hd), PREV_TOKEN_THRESHOLD, PREV_TOKEN_THRESHOLD)
 
     def _heads(self) -> list[tuple[int, int]]:
         return [(l, h) for l, row in enumerate(self.jsd) for h in range(len(row))]
@@ -99,23 +116,40 @@ class AttentionResult:
         return len(self.prev_token_survivors) / len(found) if found else None
 
     def failures(self, thresholds: Thresholds) -> list[Failure]:
-        out = []
-        divergent = [(l, h) for l, h in self._heads() if fails_max(self.jsd[l][h], thresholds.max_head_jsd)]
-        if divergent:
-            ranked = worst_first(divergent, lambda lh: self.jsd[lh[0]][lh[1]], high_is_bad=True)
-            out.append(Failure("max_head_jsd", f"attention JSD above {fmt(thresholds.max_head_jsd)} bits at "
-                               + listing(f"{head_key(l, h)} ({fmt(self.jsd[l][h])})" for l, h in ranked),
-                               self.jsd[ranked[0][0]][ranked[0][1]]))
-        if fails_min(self.prev_token_survival, thresholds.min_prev_token_survival):
-            lost = [lh for lh in self.prev_token_heads if lh not in self.prev_token_survivors]
-            ranked = worst_first(lost, lambda lh: self.prev_token_quant[lh[0]][lh[1]], high_is_bad=False)
-            out.append(Failure("min_prev_token_survival", "lost previous-token heads "
-                       + listing(f"{head_key(l, h)} {fmt(self.prev_token_fp[l][h])}→"
-                                 f"{fmt(self.prev_token_quant[l][h])}" for l, h in ranked)
-                       + f" ({len(self.prev_token_survivors)}/{len(self.prev_token_heads)} above "
-                       f"{PREV_TOKEN_THRESHOLD} after; need {fmt(thresholds.min_prev_token_survival)})",
-                       self.prev_token_survival))
+        out = judge_elements("max_head_jsd", "attention JSD", thresholds.max_head_jsd,
+                             [(head_key(l, h), self.jsd[l][h], self.bounds and self._bounds("jsd", (l, h)))
+                              for l, h in self._heads()], minimum=False, unit=" bits")
+        calls = self.calls()
+        if calls.candidates:
+            worst, best = calls.survival_bounds
+            need = thresholds.min_prev_token_survival
+            if fails_min(worst, need):
+                undecided = not fails_min(best, need)
+                show = lambda lh: (f"{head_key(*lh)} {show_bounds(self.prev_token_fp[lh[0]][lh[1]], self.bounds and self._bounds('prev_token_fp', lh))}→"
+                                   f"{show_bounds(self.prev_token_quant[lh[0]][lh[1]], self.bounds and self._bounds('prev_token_quant', lh))}")
+                rank = lambda heads: worst_first(heads, lambda lh: self.prev_token_quant[lh[0]][lh[1]], high_is_bad=False)
+                parts = [] if undecided else ["lost previous-token heads " + listing(map(show, rank(calls.lost)))]
+                if calls.borderline:
+                    parts.append("borderline previous-token heads " + listing(map(show, rank(calls.borderline))))
+                counts = f"{len(calls.survived)}/{len(calls.candidates)} above {PREV_TOKEN_THRESHOLD} after" + (
+                    f", {len(calls.borderline)} borderline" if calls.borderline else "")
+                out.append(Failure("min_prev_token_survival", "; ".join(parts) + f" ({counts}; need {fmt(need)})",
+                                   worst, borderline=undecided))
         return out
+
+    def intervals(self) -> dict:
+        """[low, high] per head (jsd, prev_token_fp, prev_token_quant) and for the summary."""
+        if self.bounds is None:
+            return {}
+        heads = {head_key(l, h): {key: list(self.bounds[key][l][h]) for key in self.bounds} for l, h in self._heads()}
+        calls = self.calls()
+        return {"confidence": 0.95, "unit": "prompt", "heads": heads,
+                "prev_token_calls": {"survived": [head_key(*hd) for hd in calls.survived],
+                                     "lost": [head_key(*hd) for hd in calls.lost],
+                                     "borderline": [head_key(*hd) for hd in calls.borderline],
+                                     "text": calls.describe()},
+                "summary": {**{key: list(b) for key, b in self.summary_bounds.items()},
+                            "prev_token_survival": list(calls.survival_bounds) if calls.candidates else None}}
 
     def notes(self) -> list[str]:
         if self.prev_token_heads:
@@ -141,15 +175,32 @@ def compare_attention(fp: Capture, quant: Capture) -> AttentionResult:
     names = layer_names(fp, "attn.hook_pattern")
     if not names or names != layer_names(quant, "attn.hook_pattern"):
         raise ValueError("FP and quantized captures need blocks.{l}.attn.hook_pattern for the same layers")
-    jsd, prev_fp, prev_quant = [], [], []
+    jsd, prev_fp, prev_quant, sums = [], [], [], []
+    queries = fp.mask[:, 1:].double()                                  # (batch, query_pos - 1): p >= 1, real
     for name in names:
         a, b = fp.acts[name], quant.acts[name]
         jsd.append(tuple(head_jsd(a, b, fp.mask).tolist()))
         prev_fp.append(tuple(masked_previous_token_scores(a, fp.mask).tolist()))
         prev_quant.append(tuple(masked_previous_token_scores(b, fp.mask).tolist()))
+        # per prompt sums over its queries, (batch, head_index) each: the bootstrap's units
+        query = torch.arange(1, a.shape[-1])
+        per_query_jsd = metrics.jsd(a, b)[:, :, 1:].double()           # (batch, head_index, query_pos - 1)
+        sums.append(torch.stack([(per_query_jsd * queries[:, None]).sum(dim=2),
+                                 (a[:, :, query, query - 1].double() * queries[:, None]).sum(dim=2),
+                                 (b[:, :, query, query - 1].double() * queries[:, None]).sum(dim=2)], dim=1))
     n_queries = int(fp.mask[:, 1:].sum())
+    boot = metrics.bootstrap_means(torch.stack(sums, dim=2), queries.sum(dim=1),   # (R, 3, layer, head)
+                                   seed=metrics.BOOTSTRAP_SEED)
+    low, high = percentile_bounds(boot)
+    keys = ("jsd", "prev_token_fp", "prev_token_quant")
+    bounds = {key: tuple(tuple((float(x), float(y)) for x, y in zip(lo, hi)) for lo, hi in zip(low[i], high[i]))
+              for i, key in enumerate(keys)}
+    flat = boot[:, 0].reshape(len(boot), -1)
+    summary = percentile_bounds(np.stack([flat.max(axis=1), flat.mean(axis=1)], axis=1))
     return AttentionResult(jsd=tuple(jsd), prev_token_fp=tuple(prev_fp),
-                           prev_token_quant=tuple(prev_quant), n_queries=n_queries)
+                           prev_token_quant=tuple(prev_quant), n_queries=n_queries, bounds=bounds,
+                           summary_bounds={"max_jsd": (float(summary[0, 0]), float(summary[1, 0])),
+                                           "mean_jsd": (float(summary[0, 1]), float(summary[1, 1]))})
 
 
 # --- the analysis ---------------------------------------------------------------------------

@@ -8,6 +8,12 @@ Two detection/survival rules, both always computed (docs/analyses.md, "circuits"
 Head scores are blind to what the circuit computes: in a 3-bit trial on a zoo model every head
 kept its score while the loss on the repeated half rose from 0.25 to 2.02 nats (docs/notes/zoo.md). So the
 verdict also bounds that in-context loss.
+
+Every score and loss has a 95 % bootstrap interval over the sequences (qcheck/metrics.py), FP and
+quantized resampled together. The verdict is three-way (qcheck/verdict.py): a head is detected,
+lost or survives only when its interval is on one side of the rule's cut; one whose interval
+straddles a cut is borderline. Survival fails when it fails even with every borderline head
+counted as surviving, and is borderline when it fails only with them counted as lost.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, get_args, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
@@ -24,7 +31,7 @@ from torch import Tensor
 from qcheck import metrics
 from qcheck.analyses._common import (fails_max, fails_min, fmt, head_key, layer_names, listing,
                                      nan_to_none, worst_first)
-from qcheck.analyses.heads import induction_scores
+from qcheck.analyses.heads import HeadCalls, call_heads, induction_scores, induction_scores_per_sequence
 from qcheck.capture import Capture
 from qcheck.data.induction import INDUCTION_HALF
 from qcheck.analyses.base import Analysis, Context, DOWN, DOWN_DIFF, Threshold, UP
@@ -34,11 +41,17 @@ if TYPE_CHECKING:
     from qcheck.thresholds import Thresholds
 
 FIXED_THRESHOLD = 0.4
+# mean + 2σ (population σ) of n scores can single out k equal high scores only if n > 5k: with the
+# other n − k scores equal and low, those k sit at z = sqrt((n − k) / k), which exceeds 2 only
+# then, and any spread among the others lowers it. 40 heads leave room for up to 7 induction
+# heads; the zoo's 8-16 heads hold 3-4 and the rule detects none of them (docs/analyses.md).
+RELATIVE_MIN_HEADS = 40
 Rule = Literal["fixed", "relative"]
 RULES: tuple[str, ...] = get_args(Rule)
 
 Head = tuple[int, int]  # (layer, head)
 PerHead = tuple[tuple[float, ...], ...]  # [layer][head]
+PerHeadBounds = tuple[tuple[tuple[float, float], ...], ...]  # [layer][head] -> (low, high)
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,13 @@ class InductionResult:
     icl_loss_quant: float
     n_sequences: int
     half: int
+    # 95 % bootstrap intervals over the sequences (None: built without per-sequence values)
+    bounds_fp: PerHeadBounds | None = None
+    bounds_quant: PerHeadBounds | None = None
+    icl_fp_ci: metrics.Interval | None = None
+    icl_quant_ci: metrics.Interval | None = None
+    icl_increase_ci: metrics.Interval | None = None
+    correlation_ci: metrics.Interval | None = None
 
     @property
     def outcome(self) -> RuleOutcome:
@@ -140,30 +160,92 @@ class InductionResult:
     def icl_loss_increase(self) -> float:
         return self.icl_loss_quant - self.icl_loss_fp
 
+    def _bounds(self, side: str, head: Head) -> tuple[float, float]:
+        bounds = self.bounds_fp if side == "fp" else self.bounds_quant
+        if bounds is None:  # no intervals: the point value is both bounds (a two-way verdict)
+            value = (self.scores_fp if side == "fp" else self.scores_quant)[head[0]][head[1]]
+            return value, value
+        return bounds[head[0]][head[1]]
+
+    def _show(self, head: Head, *, fp_only: bool = False) -> str:
+        """'L1H1 0.448 [0.431, 0.466]→0.412 [0.396, 0.43]' (or the points when there are no intervals)."""
+        l, h = head
+        parts = []
+        for side, scores in (("fp", self.scores_fp), ("quant", self.scores_quant))[:1 if fp_only else 2]:
+            low, high = self._bounds(side, head)
+            parts.append(fmt(scores[l][h]) + ("" if self.bounds_fp is None else f" [{fmt(low)}, {fmt(high)}]"))
+        return f"{head_key(l, h)} {'→'.join(parts)}"
+
+    def calls(self) -> HeadCalls:
+        """The three-way reading of the verdict's rule on the intervals (heads.py HeadCalls)."""
+        o = self.outcome
+        heads = [(l, h) for l, row in enumerate(self.scores_fp) for h in range(len(row))]
+        return call_heads(heads, lambda hd: self._bounds("fp", hd), lambda hd: self._bounds("quant", hd),
+                          o.detect_threshold, o.survive_threshold)
+
     def failures(self, thresholds: Thresholds) -> list[Failure]:
         if thresholds.induction_rule != self.rule:
             raise ValueError(f"result computed with rule={self.rule!r}, thresholds ask for "
                              f"{thresholds.induction_rule!r}: pass rule=thresholds.induction_rule")
-        out, o = [], self.outcome
-        if not o.detected:
+        out, o, calls = [], self.outcome, self.calls()
+        n_heads = sum(len(row) for row in self.scores_fp)
+        if self.rule == "relative" and n_heads < RELATIVE_MIN_HEADS:
+            out.append(Failure("relative_rule_sample_size",
+                               f"the relative rule (mean + 2σ of FP scores) needs at least {RELATIVE_MIN_HEADS} "
+                               f"heads, this model has {n_heads}: n scores can single out k heads only if n > 5k, "
+                               f"so it cannot detect this model's induction heads; use the fixed rule "
+                               f"(--qcheck-induction-rule fixed)"))
+        elif not calls.candidates:
             best = max(((l, h) for l, row in enumerate(self.scores_fp) for h in range(len(row))),
                        key=lambda lh: self.scores_fp[lh[0]][lh[1]])
             out.append(Failure("induction_heads_detected",
                                f"FP model has no induction heads under the {o.rule} rule (score > "
-                               f"{fmt(o.detect_threshold)}; best {head_key(*best)} "
-                               f"{fmt(self.scores_fp[best[0]][best[1]])}); nothing to certify"))
-        elif fails_min(o.survival, thresholds.min_induction_survival):
-            ranked = worst_first(o.lost, lambda lh: self.scores_quant[lh[0]][lh[1]], high_is_bad=False)
-            out.append(Failure("min_induction_survival", "lost induction heads "
-                       + listing(f"{head_key(l, h)} {fmt(self.scores_fp[l][h])}→"
-                                 f"{fmt(self.scores_quant[l][h])}" for l, h in ranked)
-                       + f" ({len(o.survived)}/{len(o.detected)} survive; {o.describe()})", o.survival))
-        if fails_max(self.icl_loss_increase, thresholds.max_icl_loss_increase):
+                               f"{fmt(o.detect_threshold)}; best {self._show(best, fp_only=True)}); nothing to certify"))
+        else:
+            worst, best = calls.survival_bounds
+            need = thresholds.min_induction_survival
+            if fails_min(best, need) or fails_min(worst, need):
+                undecided = not fails_min(best, need)
+                by_score = lambda heads: worst_first(heads, lambda lh: self.scores_quant[lh[0]][lh[1]],
+                                                     high_is_bad=False)
+                parts = [] if undecided else [f"lost induction heads {listing(map(self._show, by_score(calls.lost)))}"]
+                if calls.borderline:
+                    parts.append(f"borderline induction heads {listing(map(self._show, by_score(calls.borderline)))}")
+                counts = f"{len(calls.survived)}/{len(calls.candidates)} survive" + (
+                    f", {len(calls.borderline)} borderline" if calls.borderline else "")
+                out.append(Failure("min_induction_survival", "; ".join(parts)
+                                   + f" ({counts}; need {fmt(need)}; {o.describe()})", worst, borderline=undecided))
+        side = (self.icl_increase_ci.side(thresholds.max_icl_loss_increase, minimum=False)
+                if self.icl_increase_ci is not None
+                else "fail" if fails_max(self.icl_loss_increase, thresholds.max_icl_loss_increase) else "pass")
+        if side != "pass":
+            ci = "" if self.icl_increase_ci is None else (f" [{fmt(self.icl_increase_ci.low)}, "
+                                                          f"{fmt(self.icl_increase_ci.high)}]")
             out.append(Failure("max_icl_loss_increase",
-                               f"in-context loss on the repeated half rose {fmt(self.icl_loss_fp)}→"
-                               f"{fmt(self.icl_loss_quant)} nats/token (+{fmt(self.icl_loss_increase)} > "
-                               f"{fmt(thresholds.max_icl_loss_increase)})", self.icl_loss_increase))
+                               f"{'borderline: ' if side == 'borderline' else ''}in-context loss on the repeated "
+                               f"half rose {fmt(self.icl_loss_fp)}→{fmt(self.icl_loss_quant)} nats/token "
+                               f"(+{fmt(self.icl_loss_increase)}{ci} vs max {fmt(thresholds.max_icl_loss_increase)})",
+                               self.icl_loss_increase, borderline=side == "borderline"))
         return out
+
+    def intervals(self) -> dict:
+        """[low, high] per head (fp, quant) and for the summary; the three-way head calls."""
+        if self.bounds_fp is None:
+            return {}
+        heads = {head_key(l, h): {"fp": list(self.bounds_fp[l][h]), "quant": list(self.bounds_quant[l][h])}
+                 for l, row in enumerate(self.scores_fp) for h in range(len(row))}
+        calls = self.calls()
+        return {"confidence": metrics.CONFIDENCE, "seed": metrics.BOOTSTRAP_SEED, "unit": "sequence",
+                "heads": heads,
+                "calls": {"rule": self.rule, "candidates": [head_key(*hd) for hd in calls.candidates],
+                          "survived": [head_key(*hd) for hd in calls.survived],
+                          "lost": [head_key(*hd) for hd in calls.lost],
+                          "borderline": [head_key(*hd) for hd in calls.borderline],
+                          "text": calls.describe()},
+                "summary": {"survival": list(calls.survival_bounds) if calls.candidates else None,
+                            "correlation": self.correlation_ci.bounds(),
+                            "icl_loss_fp": self.icl_fp_ci.bounds(), "icl_loss_quant": self.icl_quant_ci.bounds(),
+                            "icl_loss_increase": self.icl_increase_ci.bounds()}}
 
     def notes(self) -> list[str]:
         return []
@@ -196,13 +278,42 @@ def compare_induction(fp_patterns: Sequence[Float[Tensor, "batch head_index quer
         raise ValueError(f"{len(fp_patterns)} FP and {len(quant_patterns)} quantized pattern layers")
     fp = torch.stack([induction_scores(p, half) for p in fp_patterns]).double()       # (layer, head_index)
     quant = torch.stack([induction_scores(p, half) for p in quant_patterns]).double()
+    # Intervals: sequences are the sampled units; FP and quantized resampled with the same draws.
+    seed = metrics.BOOTSTRAP_SEED
+    per_seq_fp = torch.stack([induction_scores_per_sequence(p, half) for p in fp_patterns], dim=1)  # (batch, layer, head)
+    per_seq_quant = torch.stack([induction_scores_per_sequence(p, half) for p in quant_patterns], dim=1)
+    boot_fp = metrics.bootstrap_means(per_seq_fp, seed=seed)          # (R, layer, head)
+    boot_quant = metrics.bootstrap_means(per_seq_quant, seed=seed)
+    correlation = float(metrics.pearson(fp.flatten(), quant.flatten()))
+    boot_icl = metrics.bootstrap_means(torch.stack([fp_icl_losses, quant_icl_losses - fp_icl_losses], dim=1),
+                                       seed=seed)                      # (R, 2): FP loss, increase
+    icl_fp, icl_quant = float(fp_icl_losses.mean()), float(quant_icl_losses.mean())
     return InductionResult(
         scores_fp=tuple(tuple(row) for row in fp.tolist()),
         scores_quant=tuple(tuple(row) for row in quant.tolist()),
         rule=rule, fixed=apply_rule("fixed", fp, quant), relative=apply_rule("relative", fp, quant),
-        correlation=float(metrics.pearson(fp.flatten(), quant.flatten())),
-        icl_loss_fp=float(fp_icl_losses.mean()), icl_loss_quant=float(quant_icl_losses.mean()),
-        n_sequences=len(tokens), half=half)
+        correlation=correlation, icl_loss_fp=icl_fp, icl_loss_quant=icl_quant,
+        n_sequences=len(tokens), half=half,
+        bounds_fp=_head_bounds(boot_fp), bounds_quant=_head_bounds(boot_quant),
+        icl_fp_ci=metrics.percentile_interval(boot_icl[:, 0], icl_fp),
+        icl_quant_ci=metrics.percentile_interval(boot_icl.sum(axis=1), icl_quant),
+        icl_increase_ci=metrics.percentile_interval(boot_icl[:, 1], icl_quant - icl_fp),
+        correlation_ci=metrics.percentile_interval(_pearson_rows(boot_fp, boot_quant), correlation))
+
+
+def _head_bounds(boot: "np.ndarray") -> PerHeadBounds:
+    """(low, high) of each head from its (R, layer, head) bootstrap means."""
+    tail = (1 - metrics.CONFIDENCE) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail], axis=0)
+    return tuple(tuple((float(a), float(b)) for a, b in zip(lo, hi)) for lo, hi in zip(low, high))
+
+
+def _pearson_rows(a: "np.ndarray", b: "np.ndarray") -> "np.ndarray":
+    """Pearson correlation over all heads, one per resample: (R, layer, head) x 2 -> (R,)."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
 
 
 def compare_induction_captures(fp: Capture, quant: Capture, half: int,

@@ -5,6 +5,11 @@ perplexity is visible as such (the study's point: perplexity alone is insufficie
 Distributions are compared at every real position (each predicts a next token, the last one
 included). The loss needs a target, so it covers real positions whose next position is real
 too: with right padding, the last real token of each row predicts nothing.
+
+Intervals: a 95 % bootstrap over the prompts (qcheck/metrics.py), each resample the token-
+weighted mean of its prompts; the loss increase is paired (the same prompts for FP and
+quantized). Each criterion is three-way: fail when its whole interval is on the failing side of
+the threshold, borderline when it straddles it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from qcheck import metrics
-from qcheck.analyses._common import check_same_inputs, fails_max, fails_min, fmt
+from qcheck.analyses._common import check_same_inputs, fmt, show, side_of, unit_sums
 from qcheck.capture import Capture
 from qcheck.analyses.base import Analysis, Context, DOWN, DOWN_DIFF, Headline, Threshold, UP
 from qcheck.verdict import Failure
@@ -38,15 +43,15 @@ def next_token_losses(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Te
     return ce.double()
 
 
-# Seeds the bootstrap interval of the loss increase; the report records it.
-BOOTSTRAP_SEED = 0
+# Seeds the bootstrap intervals; the report records it.
+BOOTSTRAP_SEED = metrics.BOOTSTRAP_SEED
 
 @dataclass(frozen=True)
 class FidelityResult:
     """kl: mean KL(FP ‖ quant) of the next-token distribution over real positions, nats;
     top1: fraction of real positions where the argmax agrees; loss_fp / loss_quant: mean
-    next-token cross-entropy, nats/token (perplexity = exp(loss)); loss_increase_ci: a seeded
-    bootstrap interval of the per-token loss difference (quant − FP) over target tokens."""
+    next-token cross-entropy, nats/token (perplexity = exp(loss)); loss_increase_ci: its seeded
+    bootstrap interval over the prompts; kl_ci, top1_ci likewise (None: no per-prompt values)."""
 
     kl: float
     top1: float
@@ -55,6 +60,8 @@ class FidelityResult:
     loss_increase_ci: metrics.Interval
     n_positions: int
     n_targets: int
+    kl_ci: metrics.Interval | None = None
+    top1_ci: metrics.Interval | None = None
 
     @property
     def loss_increase(self) -> float:
@@ -69,21 +76,37 @@ class FidelityResult:
         return math.exp(self.loss_quant)
 
     def failures(self, thresholds: Thresholds) -> list[Failure]:
+        def bounds(ci):
+            return None if ci is None else (ci.low, ci.high)
         out = []
-        if fails_max(self.kl, thresholds.max_final_kl):
-            out.append(Failure("max_final_kl", f"final next-token KL(FP‖quant) {fmt(self.kl)} nats > "
-                               f"{fmt(thresholds.max_final_kl)}", self.kl))
-        if fails_min(self.top1, thresholds.min_top1_agreement):
-            out.append(Failure("min_top1_agreement", f"top-1 agreement {fmt(self.top1)} < "
-                               f"{fmt(thresholds.min_top1_agreement)}", self.top1))
-        if fails_max(self.loss_increase, thresholds.max_loss_increase):
+        for criterion, what, point, ci, cut, minimum, unit in (
+                ("max_final_kl", "final next-token KL(FP‖quant)", self.kl, self.kl_ci, thresholds.max_final_kl,
+                 False, " nats"),
+                ("min_top1_agreement", "top-1 agreement", self.top1, self.top1_ci, thresholds.min_top1_agreement,
+                 True, "")):
+            side = side_of(point, bounds(ci), cut, minimum=minimum)
+            if side != "pass":
+                out.append(Failure(criterion, f"{'borderline: ' if side == 'borderline' else ''}{what} "
+                                   f"{show(point, bounds(ci))}{unit} {'<' if minimum else '>'} {fmt(cut)}",
+                                   point, borderline=side == "borderline"))
+        side = side_of(self.loss_increase, bounds(self.loss_increase_ci), thresholds.max_loss_increase, minimum=False)
+        if side != "pass":
             ci = self.loss_increase_ci
             out.append(Failure("max_loss_increase",
-                               f"next-token loss rose {fmt(self.loss_fp)}→{fmt(self.loss_quant)} nats/token "
-                               f"(+{fmt(self.loss_increase)} > {fmt(thresholds.max_loss_increase)}; "
-                               f"{ci.confidence:.0%} CI {fmt(ci.low)}..{fmt(ci.high)}; perplexity "
-                               f"{fmt(self.perplexity_fp)}→{fmt(self.perplexity_quant)})", self.loss_increase))
+                               f"{'borderline: ' if side == 'borderline' else ''}next-token loss rose "
+                               f"{fmt(self.loss_fp)}→{fmt(self.loss_quant)} nats/token "
+                               f"(+{show(self.loss_increase, bounds(ci))} vs max {fmt(thresholds.max_loss_increase)}; "
+                               f"perplexity {fmt(self.perplexity_fp)}→{fmt(self.perplexity_quant)})",
+                               self.loss_increase, borderline=side == "borderline"))
         return out
+
+    def intervals(self) -> dict:
+        """[low, high] of the summary values (the loss increase paired over the prompts)."""
+        if self.kl_ci is None:
+            return {}
+        return {"confidence": self.loss_increase_ci.confidence, "unit": "prompt",
+                "summary": {"kl": self.kl_ci.bounds(), "top1": self.top1_ci.bounds(),
+                            "loss_increase": self.loss_increase_ci.bounds()}}
 
     def notes(self) -> list[str]:
         return []
@@ -101,7 +124,7 @@ class FidelityResult:
 def compare_outputs(fp: Capture, quant: Capture, *, seed: int = BOOTSTRAP_SEED) -> FidelityResult:
     """Compare the final logits of FP and quantized captures over real positions.
 
-    `seed` seeds the bootstrap interval of the loss increase (1000 resamples, 95%).
+    `seed` seeds the bootstrap intervals over the prompts (1000 resamples, 95%).
     """
     check_same_inputs(fp, quant)
     width = fp.tokens.shape[1]
@@ -109,6 +132,8 @@ def compare_outputs(fp: Capture, quant: Capture, *, seed: int = BOOTSTRAP_SEED) 
     # recomputes them: qcheck/capture.py); the per-position values are concatenated in order, so
     # the means are the same as over one (n_real, d_vocab) matrix.
     kl, top1, loss_fp, loss_quant = [], [], [], []
+    n_prompts = fp.mask.shape[0]
+    sums = torch.zeros(n_prompts, 3, dtype=torch.float64)   # per prompt Σ kl, Σ top1, Σ loss increase
     for (rows, fp_logits), (_, quant_logits) in zip(fp.logit_chunks(0, width), quant.logit_chunks(0, width)):
         mask, tokens = fp.mask[rows], fp.tokens[rows]
         a, b = fp_logits[mask], quant_logits[mask]  # (n_real, d_vocab)
@@ -116,13 +141,26 @@ def compare_outputs(fp: Capture, quant: Capture, *, seed: int = BOOTSTRAP_SEED) 
         top1.append(metrics.topk_agreement(a, b, 1))
         loss_fp.append(next_token_losses(fp_logits, tokens, mask))
         loss_quant.append(next_token_losses(quant_logits, tokens, mask))
+        prompt = torch.arange(n_prompts)[rows][:, None].expand_as(mask)
+        target_prompt = prompt[:, :-1][mask[:, 1:] & mask[:, :-1]]       # next_token_losses' order
+        sums[:, 0] += unit_sums(kl[-1], prompt[mask], n_prompts)
+        sums[:, 1] += unit_sums(top1[-1], prompt[mask], n_prompts)
+        sums[:, 2] += unit_sums(loss_quant[-1] - loss_fp[-1], target_prompt, n_prompts)
     kl, top1, loss_fp, loss_quant = map(torch.cat, (kl, top1, loss_fp, loss_quant))
     if len(loss_fp) == 0:
         raise ValueError("no prompt has two real tokens: nothing to predict")
-    return FidelityResult(kl=float(kl.mean()), top1=float(top1.mean()),
+    positions = fp.mask.sum(dim=1).double()
+    targets = (fp.mask[:, 1:] & fp.mask[:, :-1]).sum(dim=1).double()
+    boot_positions = metrics.bootstrap_means(sums[:, :2], positions, seed=seed)    # (R, 2)
+    boot_targets = metrics.bootstrap_means(sums[:, 2:], targets, seed=seed)[:, 0]  # (R,): same draws
+    point_kl, point_top1 = float(kl.mean()), float(top1.mean())
+    increase = float(loss_quant.mean()) - float(loss_fp.mean())
+    return FidelityResult(kl=point_kl, top1=point_top1,
                           loss_fp=float(loss_fp.mean()), loss_quant=float(loss_quant.mean()),
-                          loss_increase_ci=metrics.bootstrap_ci(loss_quant - loss_fp, seed=seed),
-                          n_positions=len(kl), n_targets=len(loss_fp))
+                          loss_increase_ci=metrics.percentile_interval(boot_targets, increase),
+                          n_positions=len(kl), n_targets=len(loss_fp),
+                          kl_ci=metrics.percentile_interval(boot_positions[:, 0], point_kl),
+                          top1_ci=metrics.percentile_interval(boot_positions[:, 1], point_top1))
 
 
 # --- the analysis ---------------------------------------------------------------------------
@@ -138,7 +176,7 @@ def _compare(fp: Capture, quant: Capture, context: Context) -> FidelityResult:
 
 
 ANALYSIS = Analysis(
-    name="fidelity", version=1, prompt_set="natural", compare=_compare, thresholds=THRESHOLDS,
+    name="fidelity", version=2, prompt_set="natural", compare=_compare, thresholds=THRESHOLDS,
     title="output fidelity (final KL, top-1 agreement, held-out loss)",
     # low / high: the bounds of loss_increase_ci
     metrics={"kl": DOWN_DIFF, "top1": UP, "loss_quant": DOWN, "perplexity_quant": DOWN,

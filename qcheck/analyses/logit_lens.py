@@ -14,9 +14,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
+import numpy as np
+import torch
+
 from qcheck import metrics
-from qcheck.analyses._common import (check_same_inputs, fails_max, fails_min, fmt, layer_key, listing,
-                                     worst_first)
+from qcheck.analyses._common import Bounds, check_same_inputs, judge_elements, layer_key, percentile_bounds
 from qcheck.capture import Capture
 from qcheck.analyses.base import Analysis, Context, DOWN_DIFF, Threshold, UP
 from qcheck.verdict import Failure
@@ -33,6 +35,9 @@ class LogitLensResult:
     top1: tuple[float, ...]
     top5: tuple[float, ...]
     n_prompts: int
+    # bounds[metric][layer] = (low, high), 95 % bootstrap over the prompts; None: no per-prompt values
+    bounds: dict[str, tuple[Bounds, ...]] | None = None
+    summary_bounds: dict[str, Bounds] | None = None
 
     @property
     def max_kl(self) -> float:
@@ -43,21 +48,21 @@ class LogitLensResult:
         return min(self.top5)
 
     def failures(self, thresholds: Thresholds) -> list[Failure]:
-        out = []
-        high = [l for l, v in enumerate(self.kl) if fails_max(v, thresholds.max_lens_kl)]
-        if high:
-            ranked = worst_first(high, lambda l: self.kl[l], high_is_bad=True)
-            out.append(Failure("max_lens_kl", f"logit-lens KL(FP‖quant) above {fmt(thresholds.max_lens_kl)} "
-                               f"nats at " + listing(f"{layer_key(l)} ({fmt(self.kl[l])})" for l in ranked),
-                               self.kl[ranked[0]]))
-        low = [l for l, v in enumerate(self.top5) if fails_min(v, thresholds.min_lens_top5)]
-        if low:
-            ranked = worst_first(low, lambda l: self.top5[l], high_is_bad=False)
-            out.append(Failure("min_lens_top5", f"logit-lens top-5 agreement below "
-                               f"{fmt(thresholds.min_lens_top5)} at "
-                               + listing(f"{layer_key(l)} ({fmt(self.top5[l])})" for l in ranked),
-                               self.top5[ranked[0]]))
-        return out
+        def elements(metric: str) -> list:
+            values = getattr(self, metric)
+            return [(layer_key(l), v, self.bounds[metric][l] if self.bounds else None) for l, v in enumerate(values)]
+        return [*judge_elements("max_lens_kl", "logit-lens KL(FP‖quant)", thresholds.max_lens_kl, elements("kl"),
+                                minimum=False, unit=" nats"),
+                *judge_elements("min_lens_top5", "logit-lens top-5 agreement", thresholds.min_lens_top5,
+                                elements("top5"), minimum=True)]
+
+    def intervals(self) -> dict:
+        """[low, high] per layer and metric, and for the summary (keyed like as_baseline)."""
+        if self.bounds is None:
+            return {}
+        layers = {layer_key(l): {m: list(self.bounds[m][l]) for m in self.bounds} for l in range(len(self.kl))}
+        return {"confidence": 0.95, "unit": "prompt", "layers": layers,
+                "summary": {key: list(b) for key, b in self.summary_bounds.items()}}
 
     def notes(self) -> list[str]:
         return []
@@ -77,10 +82,20 @@ def compare_logit_lens(fp: Capture, quant: Capture) -> LogitLensResult:
         raise ValueError("capture has no lens_logits: capture with lens=True")
     a, b = fp.lens_logits, quant.lens_logits  # (n_layers, batch, d_vocab), last real position
     k = min(5, a.shape[-1])
-    return LogitLensResult(kl=tuple(metrics.kl_from_logits(a, b).mean(dim=1).tolist()),
-                           top1=tuple(metrics.topk_agreement(a, b, 1).mean(dim=1).tolist()),
-                           top5=tuple(metrics.topk_agreement(a, b, k).mean(dim=1).tolist()),
-                           n_prompts=a.shape[1])
+    per_prompt = {"kl": metrics.kl_from_logits(a, b), "top1": metrics.topk_agreement(a, b, 1),
+                  "top5": metrics.topk_agreement(a, b, k)}              # each (n_layers, batch)
+    boot = metrics.bootstrap_means(torch.stack([v.T for v in per_prompt.values()], dim=1),  # (R, 3, layer)
+                                   seed=metrics.BOOTSTRAP_SEED)
+    low, high = percentile_bounds(boot)
+    bounds = {m: tuple((float(x), float(y)) for x, y in zip(low[i], high[i])) for i, m in enumerate(per_prompt)}
+    summary = percentile_bounds(np.stack([boot[:, 0].max(axis=1), boot[:, 0, -1], boot[:, 2].min(axis=1),
+                                          boot[:, 1].min(axis=1)], axis=1))
+    keys = ("max_kl", "final_kl", "min_top5", "min_top1")
+    return LogitLensResult(kl=tuple(per_prompt["kl"].mean(dim=1).tolist()),
+                           top1=tuple(per_prompt["top1"].mean(dim=1).tolist()),
+                           top5=tuple(per_prompt["top5"].mean(dim=1).tolist()),
+                           n_prompts=a.shape[1], bounds=bounds,
+                           summary_bounds={key: (float(summary[0, i]), float(summary[1, i])) for i, key in enumerate(keys)})
 
 
 # --- the analysis ---------------------------------------------------------------------------

@@ -24,3 +24,14 @@ def repeated_random_tokens(*, n_sequences: int = N_SEQUENCES, half: int = INDUCT
     first = torch.randint(low, high, (n_sequences, half), generator=generator)
     bos_column = torch.full((n_sequences, 1), bos, dtype=torch.long)
     return torch.cat([bos_column, first, first], dim=1)
+
+
+def induction_sets(n_sets: int, *, half: int = INDUCTION_HALF, low: int, high: int, bos: int,
+                   seed: int = INDUCTION_SEED) -> Tensor:
+    """`n_sets` independent sets of N_SEQUENCES sequences (seeds seed, seed + 1, ...), stacked:
+    shape (n_sets * N_SEQUENCES, 1 + 2 * half). Set 0 is `repeated_random_tokens(seed=seed)`, so
+    one set is the default induction set exactly (--qcheck-seeds, qcheck/suite/plugin.py)."""
+    if n_sets < 1:
+        raise ValueError(f"--qcheck-seeds {n_sets}: the number of induction sets must be >= 1")
+    return torch.cat([repeated_random_tokens(half=half, low=low, high=high, bos=bos, seed=seed + k)
+                      for k in range(n_sets)])

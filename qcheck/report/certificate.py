@@ -34,6 +34,8 @@ def certificates(results: dict) -> dict[str, dict]:
 
 def certificate(pair_id: str, pair: dict | None, tests: list[dict], results: dict) -> dict:
     analyses = {t["analysis"]: {"verdict": t["verdict"], "outcome": t["outcome"], "reasons": t["failures"],
+                                "borderline": t.get("borderline", []),
+                                "summary_intervals": (t.get("intervals") or {}).get("summary", {}),
                                 "notes": t["notes"], "expected_failure": t["expected_failure"],
                                 "thresholds": t["thresholds"], "test": t["nodeid"]}
                 for t in sorted(tests, key=_suite_order)}
@@ -53,6 +55,16 @@ def certificate(pair_id: str, pair: dict | None, tests: list[dict], results: dic
 def _suite_order(test: dict) -> tuple:
     known = test["analysis"] in ANALYSES
     return (not known, list(ANALYSES).index(test["analysis"]) if known else 0, test["analysis"], test["nodeid"])
+
+
+def borderline_lines(results: dict) -> list[str]:
+    """One line per test with a borderline criterion (qcheck/verdict.py), in the tables' order."""
+    from qcheck.report.table import Index
+
+    order = {pair_id: i for i, pair_id in enumerate(Index(results).pair_ids)}
+    return [f"{t['pair']} {t['analysis']}: {'; '.join(t['borderline'])}"
+            for t in sorted(results["tests"], key=lambda t: (order[t["pair"]], _suite_order(t)))
+            if t.get("borderline")]
 
 
 def failed_lines(results: dict, *, expected: bool | None = None) -> list[str]:

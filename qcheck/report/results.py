@@ -9,7 +9,7 @@ qcheck/report/schema.py, `python -m qcheck.report.schema` prints it):
      "pairs": [{id, model: {name, kind, location, n_params, n_layers, n_heads, d_model, weight_digest},
                 quant: {name, method, bits, spec, fields (every QuantSpec field),
                         weight_digest (quantized weights), cache_key, calibration: {source, digest}},
-                seeds: {induction, calibration, sae, fidelity_bootstrap},
+                seeds: {induction, induction_sets, calibration, sae, bootstrap},
                 builds: [{worker, from_cache, seconds}]}],                    # builds: volatile
      "tests": [{nodeid, pair, model, quant: {name, method, bits}, analysis, analysis_version, outcome,
                 verdict, failures, notes, expected_failure, thresholds, device,
@@ -40,6 +40,7 @@ from typing import Any
 
 from qcheck.analyses import ANALYSES
 from qcheck.report.schema import OUTCOMES, SCHEMA_ID, SCHEMA_VERSION
+from qcheck.verdict import is_borderline
 
 PACKAGES = ("qcheck", "torch", "transformers", "transformer_lens", "numpy", "safetensors",
             "matplotlib", "pytest", "pytest-xdist", "syrupy")
@@ -76,15 +77,15 @@ def jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON data: {value!r}")
 
 
-def seeds(spec) -> dict[str, int | None]:
+def seeds(spec, n_induction_sets: int = 1) -> dict[str, int | None]:
     """Every seed a pair's numbers depend on, read from where each is defined."""
-    from qcheck.analyses.fidelity import BOOTSTRAP_SEED
+    from qcheck.metrics import BOOTSTRAP_SEED
     from qcheck.sae.basis import SAE_SEED
     from qcheck.data.induction import INDUCTION_SEED
 
-    return {"induction": INDUCTION_SEED, "sae": SAE_SEED,
+    return {"induction": INDUCTION_SEED, "induction_sets": n_induction_sets, "sae": SAE_SEED,
             "calibration": spec.seed if spec.needs_calibration else None,
-            "fidelity_bootstrap": BOOTSTRAP_SEED}
+            "bootstrap": BOOTSTRAP_SEED}
 
 
 def quant_labels(quant, applied=None) -> dict:
@@ -112,7 +113,7 @@ def entry_for_pair(pair, worker: str) -> dict:
                   "calibration": {"source": quantized.calibration_source,
                                   "digest": quantized.calibration_digest},
                   "notes": list(getattr(quantized, "notes", ()))},
-        "seeds": seeds(quantized.spec),
+        "seeds": seeds(quantized.spec, getattr(pair, "n_induction_sets", 1)),
         "builds": [{"worker": worker, "from_cache": quantized.from_cache,
                     "seconds": quantized.report.seconds}],
     })
@@ -120,29 +121,36 @@ def entry_for_pair(pair, worker: str) -> dict:
 
 def entry_for_test(*, nodeid: str, case, analysis: str, outcome: str, result=None,
                 thresholds=None, expected_failure: str | None = None, device: str | None = None,
-                duration: float = 0.0) -> dict:
+                duration: float = 0.0, borderline: str = "pass") -> dict:
     """One test of a case (qcheck/pair.py Case): its outcome, and if it recorded a result, the
-    verdict and every metric."""
+    verdict, every metric and its interval. A borderline criterion (qcheck/verdict.py) is listed
+    under `borderline`, and fails the verdict only when `borderline` is "fail"
+    (--qcheck-borderline)."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome {outcome!r}: expected one of {OUTCOMES}")
-    failures, criteria, notes, verdict, metrics = [], [], [], None, None
+    failures, criteria, notes, verdict, metrics, intervals, undecided = [], [], [], None, None, None, []
     if result is not None:
         try:
-            failures = list(result.failures(thresholds))
+            judged = list(result.failures(thresholds))
         except ValueError as error:  # e.g. a result computed under another induction rule
-            failures = [f"verdict not computed: {error}"]
+            judged = [f"verdict not computed: {error}"]
+        undecided = [f for f in judged if is_borderline(f) and borderline == "pass"]
+        failures = [f for f in judged if f not in undecided]
         criteria = [{"criterion": getattr(f, "criterion", None) or "unknown",
-                     "value": getattr(f, "value", None), "message": str(f)} for f in failures]
+                     "value": getattr(f, "value", None), "borderline": is_borderline(f), "message": str(f)}
+                    for f in judged]
         notes, metrics = list(result.notes()), result.as_baseline()
+        intervals = result.intervals() if hasattr(result, "intervals") else None
         verdict = "fail" if failures else "pass"
     return jsonable({
         "nodeid": nodeid, "pair": case.id, "model": case.model, "quant": quant_labels(case.quant),
         "analysis": analysis,
         "analysis_version": (ANALYSES[analysis].version if analysis in ANALYSES else None), "outcome": outcome,
-        "verdict": verdict, "failures": [str(f) for f in failures], "criteria": criteria, "notes": notes,
+        "verdict": verdict, "failures": [str(f) for f in failures], "borderline": [str(f) for f in undecided],
+        "criteria": criteria, "notes": notes,
         "expected_failure": expected_failure,
         "thresholds": thresholds.as_dict() if thresholds is not None else None,
-        "device": device, "metrics": metrics, "duration": duration})
+        "device": device, "metrics": metrics, "intervals": intervals, "duration": duration})
 
 
 def outcome_of(phases: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from collections.abc import Sequence
 
-from qcheck.report.certificate import failed_lines
+from qcheck.report.certificate import borderline_lines, failed_lines
 from qcheck.report.merge import merge
 from qcheck.report.results import dumps, entry_for_test, environment, outcome_of
 from qcheck.report.table import pair_table, scaling_table, to_text
@@ -91,7 +91,7 @@ class ReportRun:
             outcome=outcome_of(seen["phases"]) if seen["phases"] else "error",
             result=result, thresholds=session.thresholds_for(case.model),
             expected_failure=expected.reason if expected else None, device=session.device,
-            duration=sum(p.duration for p in seen["phases"].values()))
+            duration=sum(p.duration for p in seen["phases"].values()), borderline=session.borderline)
 
     def worker_output(self, session) -> str:
         return dumps(self.partial(session))
@@ -138,6 +138,12 @@ class ReportRun:
             shown = [_cut(f"  {line}", max(width, MIN_WIDTH)) for line in failed[:MAX_FAILED]]
             more = [f"  ... and {len(failed) - MAX_FAILED} more"] if len(failed) > MAX_FAILED else []
             lines += ["failed threshold verdicts:", *shown, *more, ""]
+        undecided = borderline_lines(self.results)
+        if undecided:
+            shown = [_cut(f"  {line}", max(width, MIN_WIDTH)) for line in undecided[:MAX_FAILED]]
+            more = [f"  ... and {len(undecided) - MAX_FAILED} more"] if len(undecided) > MAX_FAILED else []
+            lines += ["borderline verdicts (the 95% interval straddles the threshold; "
+                      "--qcheck-borderline=fail fails them):", *shown, *more, ""]
         expected = failed_lines(self.results, expected=True)
         if expected:
             lines += [f"{len(expected)} declared expected failures failed as expected "

@@ -85,10 +85,14 @@ TEST = _obj("One certification test (one analysis of one pair).", {
     "verdict": {"enum": [*VERDICTS, None],
                 "description": "the threshold claim: fail if `failures` is not empty; null if no result"},
     "failures": {**_STRINGS, "description": "why the threshold verdict failed, worst element first"},
-    "criteria": {"type": "array", "description": "the failed criteria, one per failure (qcheck/verdict.py)",
-                 "items": _obj("One failed criterion.", {
+    "borderline": {**_STRINGS, "description": "criteria whose 95% interval straddles the threshold "
+                                              "(qcheck/verdict.py); they fail the verdict only under "
+                                              "--qcheck-borderline=fail, then they are in `failures`"},
+    "criteria": {"type": "array", "description": "the failed and borderline criteria (qcheck/verdict.py)",
+                 "items": _obj("One failed or borderline criterion.", {
                      "criterion": {**_STR, "description": "a Thresholds key, or a precondition"},
                      "value": {"type": ["number", "null"], "description": "the measured value judged"},
+                     "borderline": {"type": "boolean", "description": "its interval straddles the threshold"},
                      "message": _STR})},
     "notes": {**_STRINGS, "description": "caveats that do not fail the verdict"},
     "expected_failure": {"type": ["string", "null"],
@@ -97,10 +101,16 @@ TEST = _obj("One certification test (one analysis of one pair).", {
     "device": _opt(_STR),
     "metrics": {"type": ["object", "null"],
                 "description": "the result's as_baseline(): per element (L3, L3H1, F12) and 'summary'"},
+    "intervals": {"type": ["object", "null"],
+                  "description": "the result's intervals(): [low, high] 95% bootstrap bounds over the "
+                                 "sampled units, keyed like `metrics` (qcheck/metrics.py)"},
     "duration": {**_NUM, "minimum": 0, "description": "volatile: seconds, setup + call + teardown"},
 })
 
 TEST["required"].remove("criteria")  # added in qcheck 0.1: older results.json files lack it
+for _key in ("borderline", "intervals"):  # added with the three-way verdicts
+    TEST["required"].remove(_key)
+TEST["properties"]["criteria"]["items"]["required"].remove("borderline")
 # added later (what the tables read, qcheck/report/table.py): older results.json files lack them too
 TEST["required"] = [key for key in TEST["required"] if key not in ("model", "quant")]
 PAIR["properties"]["quant"]["required"] = [key for key in PAIR["properties"]["quant"]["required"]

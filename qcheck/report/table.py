@@ -4,7 +4,9 @@ analyses' headline numbers. Built from a results document; rendered as text (the
 Markdown and HTML.
 
 Survival is counted under each test's own rule (Thresholds.induction_rule): "n/N (p%)" of the FP
-induction heads, "no heads" when FP has none (nothing to certify), "–" when not measured.
+induction heads, "n/N (b borderline)" when b of them are undecided (their 95 % interval straddles
+a cut: qcheck/analyses/heads.py `call_heads`), "no heads" when FP has none (nothing to certify),
+"–" when not measured.
 """
 
 from __future__ import annotations
@@ -110,7 +112,11 @@ class Index:
         summary = metrics.get("summary", {})
         outcome = metrics.get(summary.get("rule"), {})
         detected, survived = outcome.get("n_detected"), outcome.get("n_survived")
+        calls = (test.get("intervals") or {}).get("calls")
+        if calls is not None:  # three-way: surely surviving of the heads that count, and the undecided
+            detected, survived = len(calls["candidates"]), len(calls["survived"])
         cell = (MISSING if detected is None or survived is None else "no heads" if not detected
+                else f"{survived}/{detected} ({len(calls['borderline'])} borderline)" if calls and calls["borderline"]
                 else f"{survived}/{detected} ({survived / detected:.0%})")
         return cell, _num(summary.get("correlation"))
 

@@ -110,6 +110,9 @@ class Baseline(SnapshotAssertion):
 
     header: drift.Header | None = None
     required: bool = False   # --qcheck-require-baselines and a default-matrix case
+    # why this run's inputs are not the ones baselines are kept for (--qcheck-seeds N > 1): then
+    # nothing is compared or recorded
+    off_record: str | None = None
 
     @property
     def name(self) -> str:  # "[+ received] == [- baseline]" in a failure
@@ -124,6 +127,15 @@ class Baseline(SnapshotAssertion):
             raise ValueError("compare with `baseline` once per test: it is one file per test id")
         updating = self.update_snapshots or self.update_new_snapshots_only
         header = self.header.as_dict()
+        if self.off_record:
+            message = (f"{self._shown(self._location())}: {self.off_record}: nothing was compared"
+                       + (" or recorded" if updating else ""))
+            self._status("not comparable")
+            if self.required:
+                pytest.fail(f"{message} (--qcheck-require-baselines: every default-matrix result must be "
+                            f"compared)", pytrace=False)
+            warnings.warn(BaselineNotCompared(message), stacklevel=2)
+            return True
         try:
             stored = self._stored()
         except drift.BaselineFileError as error:
@@ -191,13 +203,13 @@ def analysis_of(item: pytest.Item) -> str:
     return found
 
 
-def inputs_digest(model, prompt_set: str) -> str:
+def inputs_digest(model, prompt_set: str, n_induction_sets: int = 1) -> str:
     """sha256 of the token ids and mask an analysis reads (its prompt set, for this model)."""
     import hashlib
 
     from qcheck.pair import prompt_tokens
 
-    tokens, mask = prompt_tokens(model, prompt_set)
+    tokens, mask = prompt_tokens(model, prompt_set, n_induction_sets=n_induction_sets)
     h = hashlib.sha256(f"{prompt_set} {tuple(tokens.shape)}".encode())
     h.update(tokens.to("cpu").long().numpy().tobytes())
     h.update(mask.to("cpu").bool().numpy().tobytes())
@@ -210,7 +222,8 @@ def header_for(pair, analysis: str, device: str, basis_digest: str | None = None
     dtype = str(next(pair.fp.hf.parameters()).dtype).removeprefix("torch.")
     return drift.Header(model=pair.case.model, weight_digest=quantized.weight_digest,
                         quant=str(quantized.spec), calibration_digest=quantized.calibration_digest,
-                        inputs_digest=inputs_digest(pair.fp, ANALYSES[analysis].prompt_set),
+                        inputs_digest=inputs_digest(pair.fp, ANALYSES[analysis].prompt_set,
+                                                    getattr(pair, "n_induction_sets", 1)),
                         analysis=analysis, analysis_version=ANALYSES[analysis].version, dtype=dtype,
                         device=device.split(":")[0],  # cuda:0 and cuda:1 round alike
                         environment=environment(), basis_digest=basis_digest)
@@ -230,10 +243,14 @@ def baseline(request: pytest.FixtureRequest, snapshot: SnapshotAssertion, baseli
     callspec = getattr(request.node, "callspec", None)
     pair = callspec.params.get("pair") if callspec else None
     required = bool(request.config.stash.get(REQUIRE, lambda case: False)(getattr(pair, "case", pair)))
+    sets = request.getfixturevalue("qcheck_session").n_induction_sets
+    off_record = (f"baselines are kept for the default induction set; this run draws {sets} "
+                  f"(--qcheck-seeds {sets})"
+                  if sets != 1 and ANALYSES[analysis_of(request.node)].prompt_set == "induction" else None)
     return Baseline(session=snapshot.session, extension_class=BaselineExtension,
                     test_location=snapshot.test_location, update_snapshots=snapshot.update_snapshots,
                     update_new_snapshots_only=snapshot.update_new_snapshots_only, header=baseline_header,
-                    required=required)
+                    required=required, off_record=off_record)
 
 
 # --- orphans: baseline files that no collected test owns -----------------------------------
@@ -358,7 +375,7 @@ def summary_lines(config: pytest.Config, stats: dict) -> list[str]:
         count = {kind: statuses.count(kind) for kind in ("compared", "recorded", "missing",
                                                           "not comparable", "not reached")}
         why = [f"{count['missing']} without a baseline" if count["missing"] else "",
-               f"{count['not comparable']} recorded with another dtype" if count["not comparable"] else "",
+               f"{count['not comparable']} not comparable: another dtype or device, or --qcheck-seeds" if count["not comparable"] else "",
                f"{count['not reached']} stopped before comparing (a failed threshold or an error)"
                if count["not reached"] else ""]
         why = [w for w in why if w]

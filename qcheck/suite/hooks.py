@@ -134,7 +134,8 @@ def certify(request: pytest.FixtureRequest, pair, thresholds, record, baseline, 
         result = record(analysis.compare(*pair.captures(analysis.prompt_set), Context(thresholds, sae)))
         expected = qcheck_session.expected_failure(pair.case, analysis.name)
         judgement = judge(result.failures(thresholds), expected and expected.fails,
-                          where=" in tests/certify/expected_failures.toml" if expected else "")
+                          where=" in tests/certify/expected_failures.toml" if expected else "",
+                          borderline=qcheck_session.borderline)
         if judgement.outcome == "fail":
             pytest.fail(judgement.message, pytrace=False)
         from qcheck.suite.baselines import compare_baseline

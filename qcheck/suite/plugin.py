@@ -45,6 +45,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="induction-head rule: fixed (a fixed score before and after) or relative "
                          "(mean + 2 sigma of FP scores, survival above half); the definitions are in "
                          "docs/analyses.md. Default: fixed, or [tool.qcheck.thresholds] induction_rule.")
+    group.addoption("--qcheck-borderline", default="pass", choices=("pass", "fail"),
+                    help="a criterion whose 95%% interval straddles its threshold is borderline: "
+                         "pass (default: the test passes and the report names it) or fail.")
+    group.addoption("--qcheck-seeds", default="1", metavar="N",
+                    help="draw N independent induction sets of 50 x [BOS, 25 random, same 25] (the induction "
+                         "seed, then +1, ...); the circuits intervals are over all 50*N sequences. Default: 1 (the "
+                         "set the baselines were recorded on).")
     group.addoption("--qcheck-threshold", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                     help="override a threshold, for every model or one (repeatable), e.g. "
                          "min_resid_cosine=0.9. Keys: THRESHOLDS in qcheck/analyses/<name>.py.")

@@ -44,6 +44,10 @@ class QcheckSession:
     user_quants: list[QuantSpec] = field(default_factory=list)
     # --qcheck-require-baselines: a default-matrix result with no comparable baseline fails
     require_baselines: bool = False
+    # --qcheck-borderline: what a borderline criterion (qcheck/verdict.py) does to its test
+    borderline: str = "pass"
+    # --qcheck-seeds: independent induction sets of 50 sequences (qcheck/data/induction.py)
+    n_induction_sets: int = 1
     _memo: dict = field(default_factory=dict, repr=False)
     results: list = field(default_factory=list, repr=False)
     _pair_entries: dict = field(default_factory=dict, repr=False)
@@ -98,6 +102,8 @@ class QcheckSession:
             checkpoints=validate_checkpoints(config.getoption("--qcheck-checkpoint"), models),
             quantizers=quantizers, user_quants=matrix.default_user_quants(named, quants),
             require_baselines=bool(config.getoption("--qcheck-require-baselines")),
+            borderline=config.getoption("--qcheck-borderline"),
+            n_induction_sets=_induction_sets(config.getoption("--qcheck-seeds")),
         )
 
     # --- the matrix -----------------------------------------------------------------------
@@ -170,7 +176,8 @@ class QcheckSession:
         from qcheck.pair import capture_prompt_set
 
         return self._once(("fp_capture", name, prompt_set),
-                          lambda: capture_prompt_set(self.fp_bridge(name), self.model(name), prompt_set))
+                          lambda: capture_prompt_set(self.fp_bridge(name), self.model(name), prompt_set,
+                                                     n_induction_sets=self.n_induction_sets))
 
     def sae(self, name: str):
         from qcheck.sae.basis import sae_for
@@ -229,7 +236,8 @@ class QcheckSession:
             # The quantized copy is the pair's own: wrap it in place, not a second copy of it.
             return Pair(case=case, fp=self.model(case.model), quant=quantized,
                         fp_bridge=self.fp_bridge(case.model), quant_bridge=wrap(quantized.model, copy_model=False),
-                        fp_capture=lambda prompt_set: self.fp_capture(case.model, prompt_set))
+                        fp_capture=lambda prompt_set: self.fp_capture(case.model, prompt_set),
+                        n_induction_sets=self.n_induction_sets)
         return self._once(("pair", case), build)
 
     def release(self, case: Case) -> None:
@@ -254,3 +262,14 @@ def _pyproject_table(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text()).get("tool", {}).get("qcheck", {})
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not valid TOML ({error})") from None
+
+
+def _induction_sets(value: str) -> int:
+    """--qcheck-seeds N: a whole number >= 1, else a usage error naming it."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(n) != str(value).strip():
+        raise ValueError(f"--qcheck-seeds {value}: expected a whole number of induction sets >= 1, e.g. 3")
+    return n

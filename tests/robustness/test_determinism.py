@@ -62,7 +62,7 @@ def test_same_run_twice_is_bit_identical(tmp_path):
 
 def test_every_seed_is_explicit():
     spec = parse_quant_spec(QUANT + "-seed7")
-    assert seeds(spec) == {"induction": 42, "sae": 0, "calibration": 7, "fidelity_bootstrap": 0}
+    assert seeds(spec) == {"induction": 42, "induction_sets": 1, "sae": 0, "calibration": 7, "bootstrap": 0}
     assert seeds(parse_quant_spec("rtn-w4"))["calibration"] is None  # nothing sampled, nothing to seed
 
 

@@ -212,7 +212,7 @@ def test_baseline_from_another_device_is_not_comparable_and_not_a_failure(suite)
     outcome.assert_outcomes(passed=len(CASES), warnings=len(CASES))
     shows(outcome,
           f"{FILE.format('m1-rtn-w4')} was recorded with device cpu, this run cuda: not comparable",
-          "baselines (cpu): 0 results compared, 2 not compared (2 recorded with another dtype)")
+          "baselines (cpu): 0 results compared, 2 not compared (2 not comparable: another dtype or device, or --qcheck-seeds)")
     assert "snapshot unused" not in outcome.stdout.str()
     suite.runpytest("--snapshot-update").assert_outcomes(passed=len(CASES))
     assert json.loads(stored(suite, "m1-rtn-w4"))["header"]["device"] == "cuda"  # replaced on request

@@ -29,7 +29,7 @@ ALLOWED = {
     "drift": {"analyses"},
     "quantize": {"files", "data", "models", "memory"},
     "pair": {"analyses", "capture", "data", "models", "memory"},
-    "report": {"analyses", "files", "data", "sae", "thresholds", "drift", "metrics"},
+    "report": {"analyses", "files", "data", "sae", "thresholds", "drift", "metrics", "verdict"},
     "suite": {"files", "memory", "verdict", "metrics", "models", "data", "capture", "sae", "analyses",
               "thresholds", "drift", "quantize", "pair", "report"},
 }

@@ -18,7 +18,7 @@ def test_a_failure_is_its_message_and_knows_its_criterion():
 
 def test_every_declared_bound_is_a_criterion_and_settings_are_not():
     bounds = {t.key for a in ANALYSES.values() for t in a.thresholds if not t.choices}
-    assert set(known_criteria()) == bounds | {"induction_heads_detected"}
+    assert set(known_criteria()) == bounds | {"induction_heads_detected", "relative_rule_sample_size"}
     assert "induction_rule" not in known_criteria()
 
 
@@ -106,3 +106,37 @@ def test_declarations_are_written_from_a_run_s_failing_verdicts(tmp_path):
     (entry,) = load_expected_failures(written).values()
     assert entry == load_expected_failures(by_hand)["zoo-a", "rtn-w2", "activations"]
     assert entry.measured == {"min_resid_cosine": 0.27}
+
+
+# --- three-way verdicts ----------------------------------------------------------------------
+
+def test_a_borderline_criterion_passes_by_default_and_is_reported():
+    soft = Failure("min_resid_cosine", "borderline: resid_post cosine straddles 0.95 at L1", 0.95, borderline=True)
+    judgement = judge([soft], None)
+    assert judgement.outcome == "pass" and judgement.borderline == (str(soft),)
+    assert judge([soft], None, borderline="fail").outcome == "fail"
+
+
+def test_a_borderline_declared_criterion_still_counts_as_declared():
+    hard = Failure("max_lens_kl", "logit-lens KL above 0.1 at L1", 0.3)
+    soft = Failure("min_lens_top5", "borderline: top-5 straddles 0.8 at L1", 0.8, borderline=True)
+    judgement = judge([hard, soft], ["max_lens_kl", "min_lens_top5"])
+    assert judgement.outcome == "expected"
+    assert "min_lens_top5 borderline, counted as declared" in judgement.message
+    # an undeclared borderline criterion beside the declared failure changes nothing
+    assert judge([hard, soft], ["max_lens_kl"]).outcome == "expected"
+    # but a declared criterion that passes outright is still a failure of the declaration
+    assert judge([hard], ["max_lens_kl", "min_lens_top5"]).outcome == "fail"
+
+
+def test_borderline_failures_survive_pickling():
+    import pickle
+
+    soft = Failure("x", "borderline: y", 1.0, borderline=True)
+    again = pickle.loads(pickle.dumps(soft))
+    assert again.borderline and again.criterion == "x" and str(again) == str(soft)
+
+
+def test_an_unknown_borderline_policy_is_refused():
+    with pytest.raises(ValueError, match="borderline='maybe'"):
+        judge([], None, borderline="maybe")

@@ -86,7 +86,7 @@ def test_attention_planted_damage_names_the_heads():
     assert jsd_message.startswith("attention JSD above 0.05 bits at L0H1 (")
     assert "L1H2 (" in jsd_message and "L1H0" not in jsd_message
     # only query 1 still attends to p − 1 (= BOS): 3 of the 12 real queries >= 1
-    assert prev_message.startswith("lost previous-token heads L0H1 1→0.25 (0/1 above 0.4 after")
+    assert prev_message.startswith("lost previous-token heads L0H1 1 [1, 1]→0.25 [0.2, 0.3333] (0/1 above 0.4 after")
 
 
 def test_attention_without_previous_token_heads_notes_it_and_does_not_fail():

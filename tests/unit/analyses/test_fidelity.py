@@ -47,5 +47,8 @@ def test_fidelity_planted_degradation_fails_every_claim():
     result = fidelity.compare_outputs(fp, replace(fp, logits=-fp.logits))
     kl_message, top1_message, loss_message = result.failures(DEFAULT)
     assert kl_message.startswith("final next-token KL(FP‖quant)")
-    assert top1_message.startswith("top-1 agreement 0 < 0.9")
-    assert loss_message.startswith("next-token loss rose") and "95% CI" in loss_message
+    assert top1_message.startswith("top-1 agreement 0 [0, 0] < 0.9")
+    # negated logits raise some prompts' loss and lower others': over this capture's few prompts the
+    # interval of the rise straddles the threshold, so that criterion is borderline, not failed
+    assert loss_message.startswith("borderline: next-token loss rose") and " vs max 0.05" in loss_message
+    assert loss_message.borderline and not kl_message.borderline and not top1_message.borderline
