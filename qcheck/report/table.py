@@ -169,7 +169,9 @@ def pair_table(results: dict) -> Table | None:
         get = lambda analysis, key: (index.summary(pair_id, analysis) or {}).get(key)  # noqa: E731
         failed = [a for (p, a), t in sorted(index.tests.items()) if p == pair_id and t["verdict"] == "fail"]
         errors = [a for (p, a), t in sorted(index.tests.items()) if p == pair_id and t["verdict"] is None]
+        unsure = [a for (p, a), t in sorted(index.tests.items()) if p == pair_id and t.get("borderline")]
         verdict = ("fail: " + ", ".join(failed) if failed else "pass") + (
+            f"; borderline: {', '.join(unsure)}" if unsure else "") + (
             f" (no result: {', '.join(errors)})" if errors else "")
         headlines = tuple(_sci(get(name, h.key)) if h.scientific else _num(get(name, h.key), h.digits)
                           for name, h in HEADLINES)
