@@ -7,7 +7,8 @@ A baseline is one JSON document per certification test id (qcheck/suite/baseline
 Floats are rounded to DIGITS significant digits for the file, so a review diff shows numbers a
 person can read, and compared with a tolerance, never as text. A change reads like the rest of
 qcheck's messages: the element, old → new, and whether it got better or worse (each analysis's
-`metrics`, qcheck/analyses/base.py, which also holds the tolerances and why they are what they are).
+`metrics`, qcheck/analyses/base.py, which also holds the tolerances and where they come from: the
+float32 noise floor measured by bench/noise_floor.py).
 No pytest here.
 """
 

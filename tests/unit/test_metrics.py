@@ -155,3 +155,38 @@ def test_bootstrap_of_constant_data_is_a_point_and_statistic_is_pluggable():
     assert med.estimate == 5.0
     with pytest.raises(ValueError):
         metrics.bootstrap_ci(np.array([]), seed=0)
+
+
+# --- bootstrap over sampled units and the three-way side ---------------------------------------
+
+def test_bootstrap_means_resample_whole_units_token_weighted():
+    sums = np.array([[2.0], [9.0]])      # unit 0: 2 tokens summing to 2; unit 1: 3 tokens summing to 9
+    counts = np.array([2.0, 3.0])
+    boot = metrics.bootstrap_means(sums, counts, seed=0, n_resamples=200)
+    index = metrics.resample_units(2, seed=0, n_resamples=200)
+    expected = sums[index, 0].sum(axis=1) / counts[index].sum(axis=1)
+    assert np.allclose(boot[:, 0], expected)
+    # only the three values a resample of 2 units can take: 1 (0, 0), 11/5 (0, 1) and 3 (1, 1)
+    assert set(np.round(boot[:, 0], 6)) <= {1.0, 2.2, 3.0}
+    assert np.array_equal(boot, metrics.bootstrap_means(sums, counts, seed=0, n_resamples=200))
+
+
+def test_identical_units_give_a_point_interval():
+    boot = metrics.bootstrap_means(np.full((5, 3), 0.25), seed=1)
+    interval = metrics.percentile_interval(boot[:, 0], 0.25)
+    assert (interval.low, interval.high) == (0.25, 0.25)
+
+
+@pytest.mark.parametrize("low, high, minimum, side", [
+    (0.96, 0.97, True, "pass"), (0.93, 0.94, True, "fail"), (0.94, 0.96, True, "borderline"),
+    (0.95, 0.96, True, "pass"),     # the cut itself passes a minimum (>=), as fails_min does
+    (0.01, 0.04, False, "pass"), (0.06, 0.07, False, "fail"), (0.04, 0.06, False, "borderline"),
+    (0.04, 0.05, False, "pass"),    # and a maximum (<=)
+])
+def test_an_interval_is_on_one_side_of_a_cut_or_straddles_it(low, high, minimum, side):
+    cut = 0.95 if minimum else 0.05
+    assert metrics.Interval((low + high) / 2, low, high, 0.95).side(cut, minimum=minimum) == side
+
+
+def test_nan_anywhere_fails():
+    assert metrics.Interval(math.nan, 0.9, 1.0, 0.95).side(0.5, minimum=True) == "fail"

@@ -2,6 +2,7 @@
 Devices (parse_device, the xdist GPU mapping): tests/robustness/test_devices.py."""
 
 import pytest
+import torch
 
 from qcheck.thresholds import Thresholds
 from qcheck.suite.options import parse_threshold_overrides, thresholds_from_pyproject
@@ -63,3 +64,22 @@ def test_a_directory_value_written_with_a_space_keeps_the_projects_rootdir_and_c
     result.stdout.fnmatch_lines([f"rootdir: {pytester.path}", "configfile: tox.ini"])
     outcomes = result.parseoutcomes()  # the xdist controller does not count the workers' deselection
     assert result.ret == 0 and outcomes["passed"] == 1 and "failed" not in outcomes
+
+
+def test_induction_sets_start_with_the_default_set_and_are_independent():
+    from qcheck.data.induction import INDUCTION_SEED, induction_sets, repeated_random_tokens
+
+    one = repeated_random_tokens(low=1, high=200, bos=0)
+    three = induction_sets(3, low=1, high=200, bos=0)
+    assert torch.equal(induction_sets(1, low=1, high=200, bos=0), one)
+    assert three.shape == (3 * one.shape[0], one.shape[1]) and torch.equal(three[:len(one)], one)
+    assert torch.equal(three[len(one):2 * len(one)], repeated_random_tokens(low=1, high=200, bos=0,
+                                                                             seed=INDUCTION_SEED + 1))
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "2.5", ""])
+def test_a_bad_number_of_induction_sets_is_a_usage_error(value):
+    from qcheck.suite.session import _induction_sets
+
+    with pytest.raises(ValueError, match=f"--qcheck-seeds {value}: expected a whole number"):
+        _induction_sets(value)
