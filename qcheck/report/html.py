@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from datetime import datetime
 
+from qcheck.report.certificate import borderline_lines
 from qcheck.report.table import Table, to_html
 
 STYLE = """
@@ -64,6 +65,10 @@ def render_index(results: dict, *, tables: list[Table], failures: list[str], cer
             parts.append(f"<figure><img src='{_e(scaling_png)}' alt='scaling plot'></figure>")
     parts.append("<h2>Failed verdicts</h2>" + ("<ul class='failures'>" + "".join(
         f"<li>{_e(line)}</li>" for line in failures) + "</ul>" if failures else "<p>none</p>"))
+    undecided = borderline_lines(results)
+    parts.append("<h2>Borderline verdicts</h2><p class='meta'>the 95% interval straddles the threshold: "
+                 "passed, unless --qcheck-borderline=fail</p>" + ("<ul class='failures'>" + "".join(
+                     f"<li>{_e(line)}</li>" for line in undecided) + "</ul>" if undecided else "<p>none</p>"))
     for pair_id, cert in certificates.items():
         parts.append(_pair_section(pair_id, cert, slugs[pair_id], plots.get(pair_id, [])))
     body = "\n".join(parts)
