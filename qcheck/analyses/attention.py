@@ -82,6 +82,13 @@ class AttentionResult:
             return value, value
         return self.bounds[key][head[0]][head[1]]
 
+    def _show(self, head: tuple[int, int]) -> str:
+        """'L0H3 0.5036 [0.49, 0.5213]→0.4055 [0.3917, 0.423]' (points alone without intervals)."""
+        l, h = head
+        sides = [show_bounds(getattr(self, key)[l][h], self.bounds and self._bounds(key, head))
+                 for key in ("prev_token_fp", "prev_token_quant")]
+        return f"{head_key(l, h)} {sides[0]}→{sides[1]}"
+
     def calls(self) -> HeadCalls:
         """Previous-token heads read three-way on their intervals (heads.py call_heads)."""
         return call_heads(self._heads(), lambda hd: self._bounds("prev_token_fp", hd),
@@ -125,12 +132,11 @@ class AttentionResult:
             need = thresholds.min_prev_token_survival
             if fails_min(worst, need):
                 undecided = not fails_min(best, need)
-                show = lambda lh: (f"{head_key(*lh)} {show_bounds(self.prev_token_fp[lh[0]][lh[1]], self.bounds and self._bounds('prev_token_fp', lh))}→"
-                                   f"{show_bounds(self.prev_token_quant[lh[0]][lh[1]], self.bounds and self._bounds('prev_token_quant', lh))}")
-                rank = lambda heads: worst_first(heads, lambda lh: self.prev_token_quant[lh[0]][lh[1]], high_is_bad=False)
-                parts = [] if undecided else ["lost previous-token heads " + listing(map(show, rank(calls.lost)))]
+                rank = lambda heads: worst_first(heads, lambda lh: self.prev_token_quant[lh[0]][lh[1]],  # noqa: E731
+                                                 high_is_bad=False)
+                parts = [] if undecided else ["lost previous-token heads " + listing(map(self._show, rank(calls.lost)))]
                 if calls.borderline:
-                    parts.append("borderline previous-token heads " + listing(map(show, rank(calls.borderline))))
+                    parts.append("borderline previous-token heads " + listing(map(self._show, rank(calls.borderline))))
                 counts = f"{len(calls.survived)}/{len(calls.candidates)} above {PREV_TOKEN_THRESHOLD} after" + (
                     f", {len(calls.borderline)} borderline" if calls.borderline else "")
                 out.append(Failure("min_prev_token_survival", "; ".join(parts) + f" ({counts}; need {fmt(need)})",
