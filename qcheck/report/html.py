@@ -49,10 +49,14 @@ def render_index(results: dict, *, tables: list[Table], failures: list[str], cer
     env, run = results["environment"], results["run"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v and k in
                          ("qcheck", "torch", "transformers", "transformer_lens"))
-    n_fail = sum(1 for t in results["tests"] if t["verdict"] == "fail")
+    n_fail = sum(1 for t in results["tests"] if t["verdict"] == "fail" and t["outcome"] != "xfailed")
+    n_expected = sum(1 for t in results["tests"] if t["verdict"] == "fail" and t["outcome"] == "xfailed")
+    n_borderline = sum(1 for t in results["tests"] if t.get("borderline"))
     parts = [f"<h1>qcheck report</h1><p class='meta'>{_e(_when(run['finished']))} · device "
              f"{_e(env['device'])} · {_e(versions)} · {_n(len(certificates), 'pair')}, "
-             f"{_n(len(results['tests']), 'test')}, {_n(n_fail, 'failed threshold verdict')} · <a href='results.json'>results.json</a> · "
+             f"{_n(len(results['tests']), 'test')}, {_n(n_fail, 'failed threshold verdict')}, "
+             f"{_n(n_expected, 'declared expected failure')}, {_n(n_borderline, 'borderline verdict')} · "
+             f"<a href='results.json'>results.json</a> · "
              f"<a href='scaling.md'>scaling.md</a></p>"]
     if run.get("notes"):
         parts.append("<ul class='failures'>" + "".join(f"<li>{_e(n)}</li>" for n in run["notes"]) + "</ul>")
