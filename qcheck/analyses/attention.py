@@ -42,9 +42,14 @@ def head_jsd(fp_pattern: Float[Tensor, "batch head_index query_pos key_pos"],
              quant_pattern: Float[Tensor, "batch head_index query_pos key_pos"],
              mask: Bool[Tensor, "batch pos"]) -> Float[Tensor, "head_index"]:
     """Mean JSD in bits, per head, over real query positions >= 1."""
+    return mean_over_queries(metrics.jsd(fp_pattern, quant_pattern), mask)
+
+
+def mean_over_queries(per_query: Float[Tensor, "batch head_index query_pos"],
+                      mask: Bool[Tensor, "batch pos"]) -> Float[Tensor, "head_index"]:
+    """The mean of per-query values over real query positions >= 1, per head."""
     queries = mask.clone()
     queries[:, 0] = False
-    per_query = metrics.jsd(fp_pattern, quant_pattern)  # (batch, head_index, query_pos)
     return per_query.permute(0, 2, 1)[queries].mean(dim=0)
 
 
@@ -185,13 +190,13 @@ def compare_attention(fp: Capture, quant: Capture) -> AttentionResult:
     queries = fp.mask[:, 1:].double()                                  # (batch, query_pos - 1): p >= 1, real
     for name in names:
         a, b = fp.acts[name], quant.acts[name]
-        jsd.append(tuple(head_jsd(a, b, fp.mask).tolist()))
+        per_query_jsd = metrics.jsd(a, b)                              # (batch, head_index, query_pos)
+        jsd.append(tuple(mean_over_queries(per_query_jsd, fp.mask).tolist()))
         prev_fp.append(tuple(masked_previous_token_scores(a, fp.mask).tolist()))
         prev_quant.append(tuple(masked_previous_token_scores(b, fp.mask).tolist()))
         # per prompt sums over its queries, (batch, head_index) each: the bootstrap's units
         query = torch.arange(1, a.shape[-1])
-        per_query_jsd = metrics.jsd(a, b)[:, :, 1:].double()           # (batch, head_index, query_pos - 1)
-        sums.append(torch.stack([(per_query_jsd * queries[:, None]).sum(dim=2),
+        sums.append(torch.stack([(per_query_jsd[:, :, 1:].double() * queries[:, None]).sum(dim=2),
                                  (a[:, :, query, query - 1].double() * queries[:, None]).sum(dim=2),
                                  (b[:, :, query, query - 1].double() * queries[:, None]).sum(dim=2)], dim=1))
     n_queries = int(fp.mask[:, 1:].sum())
