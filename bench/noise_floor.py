@@ -32,8 +32,8 @@ from qcheck.models.registry import zoo_names
 from qcheck.pair import capture_prompt_set
 from qcheck.quantize.cache import load_or_quantize
 from qcheck.quantize.spec import parse_quant_spec
-from qcheck.sae.basis import SAE_FILE
-from qcheck.sae.model import SAE
+from qcheck.sae.basis import SAE_DIR
+from qcheck.sae.saelens import load_saelens
 from qcheck.thresholds import Thresholds
 
 ABS_FLOOR = 1e-6  # below this a value is "zero": relative differences of it mean nothing
@@ -70,7 +70,7 @@ def main() -> None:
     worst: dict[tuple[str, str], tuple[float, str]] = defaultdict(lambda: (0.0, ""))
     for name in args.model or zoo_names():
         model = load_model(name)
-        sae = SAE.load(f"{model.spec.location}/{SAE_FILE}")
+        sae, _ = load_saelens(f"{model.spec.location}/{SAE_DIR}")
         for text in args.quant or ["rtn-w4", "gptq-w4", "rtn-w2"]:
             q = load_or_quantize(model.hf, parse_quant_spec(text), tokenizer=model.tokenizer)
             r32 = results(model.hf, q.model, model, torch.float32, sae)

@@ -29,6 +29,7 @@ from typing import Literal
 PRECONDITIONS = {
     "induction_heads_detected": "the FP model has induction heads under the rule in force",
     "relative_rule_sample_size": "the relative induction rule has enough heads to single any out",
+    "sae_basis_quality": "the SAE basis meets its sparsity, reconstruction and dead-feature targets",
 }
 
 

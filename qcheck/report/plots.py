@@ -15,7 +15,7 @@ from collections.abc import Callable
 from matplotlib.figure import Figure
 
 from qcheck.analyses.attention import PREV_TOKEN_THRESHOLD
-from qcheck.analyses.features import MIN_SHARED, TOP_POSITIONS
+from qcheck.analyses.features import MIN_OVERLAP, TOP_POSITIONS
 from qcheck.report.table import fmt_params, method_order
 
 FP_COLOR, QUANT_COLOR, BAD, GOOD, OTHER = "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9a9a9a"
@@ -178,25 +178,36 @@ def plot_circuits(metrics: dict, thresholds: dict) -> Figure:
 
 @register("features")
 def plot_features(metrics: dict, thresholds: dict) -> Figure:
-    """Per top SAE feature: shared top positions (survives at >= MIN_SHARED) and activation
-    correlation."""
+    """Per top SAE feature: the fraction of its top positions (and of the token ids at them) the
+    quantized model keeps, coloured by the verdict's rule, and its activation correlation and
+    recall."""
     features = sorted(metrics["features"].items(), key=lambda kv: kv[1]["rank"])
     names = [k for k, _ in features]
-    colors = [GOOD if v["survived"] else BAD for _, v in features]
+    rule = thresholds.get("feature_survival_rule", "positions")
+    colors = [GOOD if v[f"survived_{rule}"] else BAD for _, v in features]
     figure, (ax, ax2) = _figure(2, width=5.0)
-    ax.bar(names, [v["shared_top10"] for _, v in features], color=colors)
-    _hline(ax, MIN_SHARED, f"survives (≥ {MIN_SHARED} of {TOP_POSITIONS})")
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [v["shared_top"] / max(v["n_top"], 1) for _, v in features], width=0.4,
+           color=colors, label="positions kept")
+    ax.bar([i + 0.2 for i in x], [v["token_overlap"] for _, v in features], width=0.4, color=colors,
+           alpha=0.5, label="token ids kept (study)")
+    _hline(ax, MIN_OVERLAP, f"survives (≥ {MIN_OVERLAP:.0%})")
     summary = metrics["summary"]
-    ax.set(ylabel=f"top-{TOP_POSITIONS} FP positions kept", ylim=(0, TOP_POSITIONS + 0.5),
-           title=f"survival {summary['n_survived']}/{summary['n_features']} "
+    ax.set(ylabel=f"share of top-{TOP_POSITIONS} kept", ylim=(0, 1.05), xticks=list(x), xticklabels=names,
+           title=f"survival ({rule} rule) {summary['n_survived']}/{summary['n_features']} "
                  f"(need {thresholds.get('min_feature_survival', math.nan):.0%})")
-    ax2.bar(names, [v["pearson"] or 0.0 for _, v in features], color=colors)
-    ax2.set(ylabel="Pearson r, FP vs quantized", ylim=(min(0, *(v["pearson"] or 0 for _, v in features)), 1.05),
-            title=f"variance the SAE explains: FP {summary['fve_fp']:.2f}, quantized {summary['fve_quant']:.2f}")
+    ax2.bar([i - 0.2 for i in x], [v["pearson"] or 0.0 for _, v in features], width=0.4, color=colors,
+            label="Pearson r")
+    ax2.bar([i + 0.2 for i in x], [v["recall"] for _, v in features], width=0.4, color=colors, alpha=0.5,
+            label="activation recall")
+    ax2.set(ylabel="FP vs quantized", ylim=(min(0, *(v["pearson"] or 0 for _, v in features)), 1.05),
+            xticks=list(x), xticklabels=names,
+            title=f"basis: L0 {summary['l0_fp']:.1f}, variance explained FP {summary['fve_fp']:.2f}, "
+                  f"quantized {summary['fve_quant']:.2f}")
     for a in (ax, ax2):
         a.tick_params(axis="x", labelrotation=90, labelsize=7)
         a.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+        a.legend(fontsize=7)
     return figure
 
 

@@ -129,6 +129,7 @@ def entry_for_test(*, nodeid: str, case, analysis: str, outcome: str, result=Non
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome {outcome!r}: expected one of {OUTCOMES}")
     failures, criteria, notes, verdict, metrics, intervals, undecided = [], [], [], None, None, None, []
+    basis = None
     if result is not None:
         try:
             judged = list(result.failures(thresholds))
@@ -141,6 +142,7 @@ def entry_for_test(*, nodeid: str, case, analysis: str, outcome: str, result=Non
                     for f in judged]
         notes, metrics = list(result.notes()), result.as_baseline()
         intervals = result.intervals() if hasattr(result, "intervals") else None
+        basis = getattr(result, "basis", None)
         verdict = "fail" if failures else "pass"
     return jsonable({
         "nodeid": nodeid, "pair": case.id, "model": case.model, "quant": quant_labels(case.quant),
@@ -150,7 +152,7 @@ def entry_for_test(*, nodeid: str, case, analysis: str, outcome: str, result=Non
         "criteria": criteria, "notes": notes,
         "expected_failure": expected_failure,
         "thresholds": thresholds.as_dict() if thresholds is not None else None,
-        "device": device, "metrics": metrics, "intervals": intervals, "duration": duration})
+        "device": device, "metrics": metrics, "intervals": intervals, "basis": basis, "duration": duration})
 
 
 def outcome_of(phases: dict[str, Any]) -> str:

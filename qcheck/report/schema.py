@@ -104,11 +104,14 @@ TEST = _obj("One certification test (one analysis of one pair).", {
     "intervals": {"type": ["object", "null"],
                   "description": "the result's intervals(): [low, high] 95% bootstrap bounds over the "
                                  "sampled units, keyed like `metrics` (qcheck/metrics.py)"},
+    "basis": {"type": ["object", "null"],
+              "description": "features: the SAE basis measured in (digest, origin, hook, architecture, "
+                             "d_in, d_sae, k); null for the other analyses"},
     "duration": {**_NUM, "minimum": 0, "description": "volatile: seconds, setup + call + teardown"},
 })
 
 TEST["required"].remove("criteria")  # added in qcheck 0.1: older results.json files lack it
-for _key in ("borderline", "intervals"):  # added with the three-way verdicts
+for _key in ("borderline", "intervals", "basis"):  # added with the three-way verdicts and the SAE basis
     TEST["required"].remove(_key)
 TEST["properties"]["criteria"]["items"]["required"].remove("borderline")
 # added later (what the tables read, qcheck/report/table.py): older results.json files lack them too

@@ -1,12 +1,18 @@
-"""A sparse autoencoder of the study's architecture and loss (its `feature_analysis.py`): linear →
-ReLU → linear, width 4·d_model, Adam at 1e-3, loss MSE + 1e-3·mean|h|, on FP residual-stream
-activations. Not the study's training: init, schedule and data differ (docs/analyses.md,
-"features"), and the result is dense, not sparse.
+"""A sparse autoencoder as SAELens defines one: the tensors W_enc (d_in, d_sae), b_enc (d_sae,),
+W_dec (d_sae, d_in), b_dec (d_in,) and, for JumpReLU, threshold (d_sae,); and the config flags
+that change the encoding (`SAEConfig`). qcheck trains TopK ones (qcheck/sae/train.py) and reads
+and writes SAELens's directory format (qcheck/sae/saelens.py), so one class encodes both.
 
-It is a measurement basis, not a model under test: trained once per FP model (seeded, so the same
-activations give the same SAE bit for bit on one machine), saved as safetensors plus a JSON config,
-and then frozen. Tensor names follow SAELens (W_enc, b_enc, W_dec, b_dec); unlike SAELens's
-default, b_dec is not subtracted before encoding, as in the study.
+Encoding, with x the activation at the SAE's hook (shapes: x (n, d_in), h (n, d_sae)):
+    x' = normalize(x) − b_dec·apply_b_dec_to_input
+    pre = x' W_enc + b_enc
+    h = ReLU(pre)                                  standard
+    h = ReLU of the k largest entries of pre, 0 elsewhere   topk
+        (with rescale_acts_by_decoder_norm: of pre · ‖W_dec row‖, and x̂ from h / ‖W_dec row‖)
+    h = ReLU(pre) · [pre > threshold]              jumprelu (SAELens's inference form)
+    x̂ = denormalize(h W_dec + b_dec)
+
+It is a measurement basis, not a model under test: frozen after training or loading.
 """
 
 from __future__ import annotations
@@ -15,134 +21,147 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")  # the parameters, in digest order
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+# "expected_average_only_in" needs a scaling factor SAELens keeps outside the SAE's files, and
+# "layer_norm" is not used by any SAE qcheck has seen: both are refused by name (saelens.py).
+NORMALIZATIONS = ("none", "constant_norm_rescale")
+
+
+def tensor_names(architecture: str) -> tuple[str, ...]:
+    """The SAE's tensors, in digest order."""
+    return ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if architecture == "jumprelu" else ())
 
 
 @dataclass(frozen=True)
 class SAEConfig:
-    """Shape and training recipe; saved beside the weights so a shipped SAE says how it was made."""
+    """What decides the encoding. hook_name: the TransformerLens hook the SAE reads
+    (`blocks.L.hook_resid_post`, ...), None when not yet placed; k: TopK's active count;
+    rescale_acts_by_decoder_norm: TopK ranks pre-activations as if the decoder rows had unit norm
+    (SAELens's trainer default)."""
 
-    d_model: int
+    d_in: int
     d_sae: int
-    seed: int
-    steps: int
-    batch_size: int
-    lr: float
-    l1_coeff: float
+    architecture: str = "topk"
+    k: int | None = None
+    apply_b_dec_to_input: bool = True
+    normalize_activations: str = "none"
+    hook_name: str | None = None
+    rescale_acts_by_decoder_norm: bool = False
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"SAE architecture {self.architecture!r} is not supported: use one of {ARCHITECTURES}")
+        if (self.architecture == "topk") != (self.k is not None):
+            raise ValueError(f"k must be set exactly for a topk SAE (architecture {self.architecture!r}, k {self.k})")
+        if self.k is not None and not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k {self.k} must be in 1..d_sae ({self.d_sae})")
+        if self.rescale_acts_by_decoder_norm and self.architecture != "topk":
+            raise ValueError("rescale_acts_by_decoder_norm applies to topk SAEs only")
+        if self.normalize_activations not in NORMALIZATIONS:
+            raise ValueError(f"normalize_activations {self.normalize_activations!r} is not supported: "
+                             f"use one of {NORMALIZATIONS}")
 
 
 class SAE(nn.Module):
-    """h = ReLU(x W_enc + b_enc), x̂ = h W_dec + b_dec."""
+    """The encoding in the module docstring; weights float32, frozen once built."""
 
-    def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None):
+    def __init__(self, cfg: SAEConfig):
         super().__init__()
         self.cfg = cfg
-        # nn.Linear's default init, U(±1/sqrt(fan_in)), drawn from an explicit generator so the
-        # global RNG is neither used nor disturbed.
-        generator = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        if cfg.architecture == "jumprelu":
+            self.threshold = nn.Parameter(torch.zeros(cfg.d_sae))
 
-        def uniform(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
-            bound = 1 / math.sqrt(fan_in)
-            return nn.Parameter((torch.rand(shape, generator=generator) * 2 - 1) * bound)
+    # --- the encoding ---------------------------------------------------------------------
+    def _norm_coeff(self, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n 1"] | None:
+        if self.cfg.normalize_activations == "constant_norm_rescale":
+            return math.sqrt(self.cfg.d_in) / x.norm(dim=-1, keepdim=True)
+        return None
 
-        self.W_enc = uniform((cfg.d_model, cfg.d_sae), cfg.d_model)
-        self.b_enc = uniform((cfg.d_sae,), cfg.d_model)
-        self.W_dec = uniform((cfg.d_sae, cfg.d_model), cfg.d_sae)
-        self.b_dec = uniform((cfg.d_model,), cfg.d_sae)
+    def pre_activations(self, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_sae"]:
+        coeff = self._norm_coeff(x)
+        x = x * coeff if coeff is not None else x
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
 
-    def encode(self, x: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_sae"]:
-        return F.relu(x @ self.W_enc + self.b_enc)
+    def activate(self, pre: Float[Tensor, "n d_sae"]) -> Float[Tensor, "n d_sae"]:
+        if self.cfg.architecture == "topk":
+            top = pre.topk(self.cfg.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, top.indices, F.relu(top.values))
+        if self.cfg.architecture == "jumprelu":
+            return F.relu(pre) * (pre > self.threshold)
+        return F.relu(pre)
 
-    def decode(self, h: Float[Tensor, "n d_sae"]) -> Float[Tensor, "n d_model"]:
-        return h @ self.W_dec + self.b_dec
+    def encode(self, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_sae"]:
+        pre = self.pre_activations(x)
+        if self.cfg.rescale_acts_by_decoder_norm:
+            pre = pre * self.W_dec.norm(dim=-1)
+        return self.activate(pre)
 
-    def forward(self, x: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
-        return self.decode(self.encode(x))
+    def decode(self, h: Float[Tensor, "n d_sae"], x: Float[Tensor, "n d_in"] | None = None) -> Float[Tensor, "n d_in"]:
+        """x̂ from h; `x` (the input h came from) is needed only to undo constant_norm_rescale."""
+        if self.cfg.rescale_acts_by_decoder_norm:
+            h = h * (1 / self.W_dec.norm(dim=-1))
+        out = h @ self.W_dec + self.b_dec
+        if self.cfg.normalize_activations == "constant_norm_rescale":
+            if x is None:
+                raise ValueError("decode of a constant_norm_rescale SAE needs the input x")
+            out = out / self._norm_coeff(x)
+        return out
 
+    def forward(self, x: Float[Tensor, "n d_in"]) -> Float[Tensor, "n d_in"]:
+        return self.decode(self.encode(x), x)
+
+    # --- quality --------------------------------------------------------------------------
     @torch.no_grad()
-    def fraction_of_variance_explained(self, x: Float[Tensor, "n d_model"]) -> float:
-        """Fraction of variance explained, 1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖², dimensionless:
-        1 = perfect reconstruction, ≤ 0 = no better than predicting the mean."""
-        x = x.double()
-        residual = ((x - self(x.float()).double()) ** 2).sum()
-        total = ((x - x.mean(dim=0)) ** 2).sum()
+    def fraction_of_variance_explained(self, x: Float[Tensor, "n d_in"]) -> float:
+        """1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖², dimensionless: 1 = perfect reconstruction, ≤ 0 = no
+        better than predicting the mean."""
+        x = x.float()
+        residual = ((x.double() - self(x).double()) ** 2).sum()
+        total = ((x.double() - x.double().mean(dim=0)) ** 2).sum()
         return float(1 - residual / total) if total > 0 else math.nan
 
+    # --- identity and storage -------------------------------------------------------------
     def digest(self) -> str:
-        """sha256 of the weights (config and tensors), to pin the measurement basis."""
+        """sha256 of the config and the tensors: pins the measurement basis in every result."""
         h = hashlib.sha256(json.dumps(asdict(self.cfg), sort_keys=True).encode())
-        for name in TENSORS:
-            h.update(getattr(self, name).detach().float().contiguous().numpy().tobytes())
+        for t in self.tensors().values():
+            h.update(t.numpy().tobytes())
         return h.hexdigest()
 
     def tensors(self) -> dict[str, Tensor]:
-        """The weights by name (TENSORS), detached float32: what `save` and the cache store."""
-        return {name: getattr(self, name).detach().float().contiguous() for name in TENSORS}
+        """The weights by name (`tensor_names`), detached float32 contiguous."""
+        return {name: getattr(self, name).detach().float().contiguous()
+                for name in tensor_names(self.cfg.architecture)}
 
     @classmethod
-    def from_tensors(cls, cfg: SAEConfig, tensors: dict[str, Tensor]) -> "SAE":
-        """An SAE holding `tensors` (by TENSORS name), frozen: eval mode, gradients off."""
+    def from_tensors(cls, cfg: SAEConfig, tensors: dict[str, Tensor], *, source: str = "SAE") -> "SAE":
+        """An SAE holding `tensors`, frozen (eval mode, gradients off); ValueError naming
+        `source`, the tensor and the shapes when a tensor is missing, extra or misshapen."""
         sae = cls(cfg)
+        expected = {name: tuple(getattr(sae, name).shape) for name in tensor_names(cfg.architecture)}
+        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise ValueError(f"{source}: a {cfg.architecture} SAE has tensors {sorted(expected)}; "
+                             f"missing {missing}, unexpected {extra}")
         with torch.no_grad():
-            for name in TENSORS:
-                getattr(sae, name).copy_(tensors[name])
+            for name, shape in expected.items():
+                t = tensors[name]
+                if tuple(t.shape) != shape:
+                    raise ValueError(f"{source}: {name} has shape {tuple(t.shape)}, expected {shape} "
+                                     f"for d_in {cfg.d_in}, d_sae {cfg.d_sae}")
+                if not torch.isfinite(t).all():
+                    raise ValueError(f"{source}: {name} holds NaN or infinite values")
+                getattr(sae, name).copy_(t.float())
         return sae.eval().requires_grad_(False)
-
-    def save(self, path: str | Path, *, metadata: dict[str, str] | None = None) -> None:
-        """Write `path` (safetensors) and `path` with suffix .json (config, digest, metadata)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(self.tensors(), path)
-        card = {"config": asdict(self.cfg), "digest": self.digest(), "metadata": metadata or {}}
-        path.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "SAE":
-        """Read an SAE written by `save`; refuses one whose weights do not match its digest."""
-        path = Path(path)
-        card = json.loads(path.with_suffix(".json").read_text())
-        sae = cls.from_tensors(SAEConfig(**card["config"]), load_file(path))
-        if sae.digest() != card["digest"]:
-            raise ValueError(f"{path}: weights do not match the digest in {path.with_suffix('.json')}")
-        return sae
-
-
-def train_sae(acts: Float[Tensor, "n_tokens d_model"], *, seed: int, steps: int = 1500,
-              batch_size: int = 128, lr: float = 1e-3, l1_coeff: float = 1e-3,
-              width_factor: int = 4) -> SAE:
-    """Train an SAE on `acts` (FP residual stream, real tokens only), deterministically.
-
-    Minibatches of `batch_size` rows are drawn with replacement from a generator seeded with
-    `seed` (the same generator initialises the weights). Loss per step: mean squared error per
-    element + l1_coeff · mean |h| (the study's). Returns the SAE in eval mode, gradients off.
-
-    Defaults: 1500 × 128 rows is ~60 passes over a few thousand tokens, enough for the fraction
-    of variance explained to level off (0.99 on synthetic sparse data at d_model 96, 0.999 on
-    zoo-pythia-2l64's residual stream); it took 7-11 s at d_model 64-96 on one core shared with a
-    training job; 2000 × 256 gained < 0.01 for 3x the time.
-    """
-    if acts.ndim != 2 or len(acts) == 0:
-        raise ValueError(f"acts must be (n_tokens, d_model) with n_tokens > 0, got {tuple(acts.shape)}")
-    acts = acts.detach().float()
-    cfg = SAEConfig(d_model=acts.shape[1], d_sae=width_factor * acts.shape[1], seed=seed,
-                    steps=steps, batch_size=batch_size, lr=lr, l1_coeff=l1_coeff)
-    generator = torch.Generator().manual_seed(seed)
-    sae = SAE(cfg, generator=generator)
-    # foreach: one kernel per update for all four tensors; same numbers, ~2x less overhead on CPU.
-    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, foreach=True)
-    for _ in range(steps):
-        x = acts[torch.randint(0, len(acts), (batch_size,), generator=generator)]
-        h = sae.encode(x)
-        loss = F.mse_loss(sae.decode(h), x) + l1_coeff * h.abs().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return sae.eval().requires_grad_(False)

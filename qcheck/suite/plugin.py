@@ -45,6 +45,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="induction-head rule: fixed (a fixed score before and after) or relative "
                          "(mean + 2 sigma of FP scores, survival above half); the definitions are in "
                          "docs/analyses.md. Default: fixed, or [tool.qcheck.thresholds] induction_rule.")
+    group.addoption("--qcheck-feature-rule", default=None, choices=("positions", "study"),
+                    help="SAE feature survival rule: positions (>= 80%% of a feature's top-10 positions kept) "
+                         "or study (>= 80%% of the token ids at them, as the study's code); docs/analyses.md. "
+                         "Default: positions, or [tool.qcheck.thresholds] feature_survival_rule.")
+    group.addoption("--qcheck-sae", action="append", default=[], metavar="[MODEL=]DIR",
+                    help="a SAELens SAE directory (cfg.json + sae_weights.safetensors) to use as the "
+                         "features basis, at its own hook, instead of qcheck's: for MODEL, or for every "
+                         "model (repeatable). README, \"SAE basis\".")
     group.addoption("--qcheck-borderline", default="pass", choices=("pass", "fail"),
                     help="a criterion whose 95%% interval straddles its threshold is borderline: "
                          "pass (default: the test passes and the report names it) or fail.")

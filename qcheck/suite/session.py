@@ -48,6 +48,8 @@ class QcheckSession:
     borderline: str = "pass"
     # --qcheck-seeds: independent induction sets of 50 sequences (qcheck/data/induction.py)
     n_induction_sets: int = 1
+    # --qcheck-sae: SAELens SAEs to use as the features basis instead of qcheck's (qcheck/sae/basis.py)
+    user_saes: list = field(default_factory=list)
     _memo: dict = field(default_factory=dict, repr=False)
     results: list = field(default_factory=list, repr=False)
     _pair_entries: dict = field(default_factory=dict, repr=False)
@@ -73,6 +75,9 @@ class QcheckSession:
         rule = config.getoption("--qcheck-induction-rule")
         if rule:
             base = base.updated({"induction_rule": rule}, source="--qcheck-induction-rule")
+        feature_rule = config.getoption("--qcheck-feature-rule")
+        if feature_rule:
+            base = base.updated({"feature_survival_rule": feature_rule}, source="--qcheck-feature-rule")
         models = list(dict.fromkeys(config.getoption("--qcheck-model")))
         for name in models:
             try:
@@ -104,6 +109,7 @@ class QcheckSession:
             require_baselines=bool(config.getoption("--qcheck-require-baselines")),
             borderline=config.getoption("--qcheck-borderline"),
             n_induction_sets=_induction_sets(config.getoption("--qcheck-seeds")),
+            user_saes=_user_saes(config.getoption("--qcheck-sae"), models, Path(config.invocation_params.dir)),
         )
 
     # --- the matrix -----------------------------------------------------------------------
@@ -180,13 +186,13 @@ class QcheckSession:
                                                      n_induction_sets=self.n_induction_sets))
 
     def sae(self, name: str):
-        from qcheck.sae.basis import sae_for
+        from qcheck.sae.basis import pick_user_sae, sae_for
 
         def build():
             model, bridge = self.model(name), self.fp_bridge(name)
             with self.progress.step(f"{name}: SAE basis (shipped, cached or trained)") as step:
                 return sae_for(model, bridge, weight_digest=self.weight_digest(name), cache_dir=self.cache_dir,
-                               progress=step.say)
+                               user=pick_user_sae(self.user_saes, name), progress=step.say)
         return self._once(("sae", name), build)
 
     def quantized(self, case: Case):
@@ -273,3 +279,18 @@ def _induction_sets(value: str) -> int:
     if n < 1 or str(n) != str(value).strip():
         raise ValueError(f"--qcheck-seeds {value}: expected a whole number of induction sets >= 1, e.g. 3")
     return n
+
+
+def _user_saes(values: list[str], models: list[str], base: Path) -> list:
+    """--qcheck-sae [MODEL=]DIR values, each read and checked once (qcheck/sae/basis.py UserSAE);
+    a MODEL= must name a model of the run (the --qcheck-model ones, else the zoo's)."""
+    from qcheck.models.registry import zoo_names
+    from qcheck.sae.basis import UserSAE
+
+    saes = [UserSAE.parse(value, base) for value in values]
+    run = models or zoo_names()
+    for value, sae in zip(values, saes):
+        if sae.model is not None and sae.model not in run:
+            raise ValueError(f"--qcheck-sae {value}: {sae.model} is not a model of this run ({', '.join(run)}); "
+                             f"pass MODEL=DIR for one of them, or DIR alone for every model")
+    return saes

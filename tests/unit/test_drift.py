@@ -56,7 +56,7 @@ def test_values_near_zero_use_the_absolute_tolerance():
     ("activations", {"cosine": 0.99}, {"cosine": 0.9}, "worse"),
     ("activations", {"cosine": 0.9}, {"cosine": 0.99}, "better"),
     ("logit_lens", {"kl": 0.1}, {"kl": 0.2}, "worse"),
-    ("features", {"survived": True}, {"survived": False}, "worse"),
+    ("features", {"survived_study": True}, {"survived_study": False}, "worse"),
     ("circuits", {"n_survived": 3}, {"n_survived": 4}, "better"),
     ("circuits", {"survived": ["L0H1", "L1H2"]}, {"survived": ["L1H2"]}, "worse"),
     ("circuits", {"detected": ["L0H1"]}, {"detected": ["L0H1", "L1H0"]}, "changed"),  # FP side: no direction

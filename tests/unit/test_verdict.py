@@ -18,7 +18,7 @@ def test_a_failure_is_its_message_and_knows_its_criterion():
 
 def test_every_declared_bound_is_a_criterion_and_settings_are_not():
     bounds = {t.key for a in ANALYSES.values() for t in a.thresholds if not t.choices}
-    assert set(known_criteria()) == bounds | {"induction_heads_detected", "relative_rule_sample_size"}
+    assert set(known_criteria()) == bounds | {"induction_heads_detected", "relative_rule_sample_size", "sae_basis_quality"}
     assert "induction_rule" not in known_criteria()
 
 

@@ -1,5 +1,6 @@
-"""SAE features with a hand-made identity SAE: identical is perfect, a planted scramble is lost and
-named, dead and killed features, repeated contexts counted once, a bad SAE is noted."""
+"""SAE features with a hand-made identity SAE, whose features are ReLU of the coordinates: both
+survival rules by hand (positions with their rank slack, the study's token ids), dense features
+left out, recall, repeated contexts counted once, the basis-quality precondition, the hook."""
 
 import numpy as np
 import pytest
@@ -7,84 +8,204 @@ import torch
 
 from qcheck.analyses import features
 from qcheck.sae.model import SAE, SAEConfig
+from qcheck.thresholds import Thresholds
 
 from .captures import D_MODEL, DEFAULT, LENGTHS, N_LAYERS, assert_baseline_json, gen, make_capture
 
 
-def identity_sae(d: int) -> SAE:
-    """An SAE whose features are ReLU of the coordinates: its top positions are known by hand."""
-    sae = SAE(SAEConfig(d_model=d, d_sae=d, seed=0, steps=0, batch_size=1, lr=0.0, l1_coeff=0.0))
+def identity_sae(d: int, hook: str = "blocks.1.hook_resid_post") -> SAE:
+    sae = SAE(SAEConfig(d_in=d, d_sae=d, architecture="standard", apply_b_dec_to_input=False, hook_name=hook))
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(d)); sae.W_dec.copy_(torch.eye(d))
-        sae.b_enc.zero_(); sae.b_dec.zero_()
     return sae.eval()
 
 
-def numpy_top(column: np.ndarray, k: int) -> set[int]:
-    return set(np.argsort(-column, kind="stable")[:k].tolist())
+def tagged(acts: torch.Tensor) -> torch.Tensor:
+    """`acts` plus a last coordinate −1e-6·(1, 2, ...) that no feature reads as active (ReLU of it is
+    0) and too small to move the variance explained: rows that are all zero would otherwise be one
+    repeated context and be counted once."""
+    return torch.cat([acts, -1e-6 * (1.0 + torch.arange(len(acts), dtype=acts.dtype))[:, None]], dim=1)
 
 
-def test_features_identical_are_perfect():
-    acts = torch.rand(40, 4, generator=gen(0)) * torch.tensor([1.0, 4.0, 2.0, 3.0])
-    result = features.compare_features(identity_sae(4), acts, acts.clone())
+def widened(acts: torch.Tensor, width: int = 40) -> torch.Tensor:
+    """`acts` with zero coordinates up to `width`: features that never fire, so that the basis's
+    L0 is below 10 % of its width, as the quality targets ask."""
+    return torch.cat([acts, torch.zeros(len(acts), width - acts.shape[1])], dim=1)
+
+
+def compare(fp: torch.Tensor, quant: torch.Tensor, tokens: torch.Tensor, **kw):
+    """compare_features of the identity SAE on tagged, widened rows."""
+    fp, quant = widened(tagged(fp)), widened(tagged(quant))
+    return features.compare_features(identity_sae(fp.shape[1]), fp, quant, tokens, **kw)
+
+
+def sparse(n: int, d: int, seed: int, scale=None) -> torch.Tensor:
+    """Non-negative activations, each coordinate active on about 30 % of the rows."""
+    g = gen(seed)
+    acts = torch.rand(n, d, generator=g) * (torch.rand(n, d, generator=g) < 0.3)
+    return acts * (scale if scale is not None else 1.0)
+
+
+def ids(n: int) -> torch.Tensor:
+    return torch.arange(n)  # every position its own token: the study's rule reads as positions
+
+
+def np_top(column: np.ndarray, k: int) -> list[int]:
+    """The k largest active positions, stable (ties to the earlier one), as numpy sorts them."""
+    order = np.argsort(-column, kind="stable")
+    return order[: min(k, int((column > 0).sum()))].tolist()
+
+
+def test_identical_is_perfect_under_both_rules():
+    acts = sparse(200, 4, 0, torch.tensor([1.0, 4.0, 2.0, 3.0]))
+    result = compare(acts, acts.clone(), ids(200))
     assert result.features == (1, 3, 2, 0)  # by FP mean activation
-    assert result.shared == (10, 10, 10, 10) and result.survival == 1.0
-    assert result.pearson == pytest.approx((1.0,) * 4) and result.fve_fp == pytest.approx(1.0)
-    assert result.failures(DEFAULT) == [] and result.notes() == []
+    assert result.positions == (1.0,) * 4 and result.token_overlap == (1.0,) * 4
+    assert result.survival_by("positions") == result.survival_by("study") == 1.0
+    assert result.pearson == pytest.approx((1.0,) * 4) and result.recall == (1.0,) * 4
+    assert result.fp.fve == pytest.approx(1.0) and result.n_dense == 0
+    assert result.failures(DEFAULT) == []
     baseline = result.as_baseline()
     assert_baseline_json(baseline)
     assert list(baseline["features"]) == ["F1", "F3", "F2", "F0"]
 
 
-def test_features_planted_scramble_is_lost_and_named():
-    fp = torch.rand(40, 4, generator=gen(1)) * torch.tensor([1.0, 4.0, 2.0, 3.0])
+def test_a_scrambled_feature_is_lost_under_both_rules_and_named():
+    fp = sparse(200, 4, 1, torch.tensor([1.0, 4.0, 2.0, 3.0]))
     quant = fp.clone()
     quant[:, 2] = fp[:, 2].flip(0)  # feature 2 fires at mirrored positions
-    result = features.compare_features(identity_sae(4), fp, quant)
-    x, y = fp.numpy(), quant.numpy()
-    expected_shared = len(numpy_top(x[:, 2], 10) & numpy_top(y[:, 2], 10))
+    result = compare(fp, quant, ids(200))
+    x, y = fp[:, 2].numpy(), quant[:, 2].numpy()
+    fp_top = np_top(x, 10)
     rank = result.features.index(2)
-    assert result.shared[rank] == expected_shared < 8
-    assert result.pearson[rank] == pytest.approx(np.corrcoef(x[:, 2], y[:, 2])[0, 1], abs=1e-6)
+    assert result.positions[rank] == len(set(fp_top) & set(np_top(y, 20))) / 10 < 0.8
+    assert result.token_overlap[rank] == len(set(fp_top) & set(np_top(y, 10))) / 10 < 0.8
+    assert result.pearson[rank] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-6)
     assert result.survival == 0.75
-    (message,) = result.failures(DEFAULT)
-    assert message.startswith("SAE feature survival 0.75 < 0.8 (3/4 keep >= 8 of their top-10 "
-                              "positions): lost F2 (")
+    (failure,) = result.failures(DEFAULT)
+    assert failure.criterion == "min_feature_survival"
+    assert str(failure).startswith("SAE feature survival 0.75 < 0.8 (3/4 keep >= 80% of their top-10 "
+                                   "positions within the top 20): lost F2 (")
 
 
-def test_features_rank_alive_features_only_and_count_killed_as_uncorrelated():
-    fp = torch.rand(30, 3, generator=gen(2))
-    fp[:, 0] = -1.0  # feature 0 never fires under FP
+def test_the_positions_rule_keeps_a_top_position_still_within_rank_20():
+    """Ranks 9-10 swap with ranks 11-12 (a plateau reordered): kept by positions; displaced
+    beyond rank 20: lost."""
+    fp = torch.zeros(60, 1)
+    fp[:30, 0] = torch.linspace(3.0, 1.0, 30)      # positions 0..29 are ranks 0..29
+    kept = fp.clone()
+    kept[[8, 9], 0], kept[[10, 11], 0] = fp[[10, 11], 0], fp[[8, 9], 0]
+    result = compare(fp, kept, ids(60))
+    assert result.positions == (1.0,) and result.token_overlap == (0.8,)   # 2 of its 10 ids left the top 10
+    displaced = fp.clone()
+    displaced[[7, 8, 9], 0] = 0.5                  # ranks 7-9 fall below rank 29
+    result = compare(fp, displaced, ids(60))
+    assert result.positions == (0.7,) and result.survival == 0.0
+
+
+def test_the_study_rule_compares_token_ids_not_positions():
+    """A feature that moves to other positions holding the same tokens survives the study's rule
+    and not the positions rule; the study's denominator is the number of distinct FP ids."""
+    fp = torch.zeros(60, 1)
+    fp[:10, 0] = torch.linspace(3.0, 2.0, 10)
+    quant = torch.zeros(60, 1)
+    quant[30:40, 0] = torch.linspace(3.0, 2.0, 10)
+    tokens = torch.cat([torch.arange(10), torch.arange(20) + 100, torch.arange(10), torch.arange(20) + 200])
+    result = compare(fp, quant, tokens)
+    assert result.positions == (0.0,) and result.token_overlap == (1.0,)
+    study = Thresholds().updated({"feature_survival_rule": "study"}, source="test")
+    assert compare(fp, quant, tokens, rule="study").failures(study) == []
+    tokens = torch.cat([torch.full((10,), 7), torch.arange(50) + 100])   # FP top 10 all token 7
+    result = compare(fp, quant, tokens)
+    assert result.token_overlap == (0.0,)          # |{7} ∩ {130..139}| / |{7}|
+
+
+def test_a_feature_active_on_fewer_than_10_positions_is_followed_on_those():
+    fp = torch.zeros(50, 1)
+    fp[[3, 7, 11], 0] = torch.tensor([1.0, 2.0, 3.0])
     quant = fp.clone()
-    quant[:, 1] = -1.0  # feature 1 is killed by quantization
-    result = features.compare_features(identity_sae(3), fp, quant)
+    quant[3, 0] = 0.0
+    quant[20, 0] = 5.0
+    result = compare(fp, quant, ids(50))
+    assert result.n_top == (3,)
+    assert result.positions == (pytest.approx(2 / 3),)   # 3 is inactive under quant: out of any top
+    assert result.token_overlap == (pytest.approx(2 / 3),)   # quant top 3: 20, 11, 7
+    assert result.recall == (pytest.approx(2 / 3),)
+
+
+def test_dense_features_are_left_out_of_the_ranking_and_counted():
+    g = gen(5)
+    fp = torch.cat([torch.rand(100, 1, generator=g) + 5.0, sparse(100, 2, 6)], dim=1)  # feature 0 always on
+    result = compare(fp, fp.clone(), ids(100))
+    assert 0 not in result.features and result.n_dense == 1 and result.n_alive == 3
+    assert result.as_baseline()["summary"]["n_dense"] == 1
+    with pytest.raises(ValueError, match="every SAE feature active under FP is dense"):
+        compare(fp[:, :1], fp[:, :1], ids(100))
+
+
+def test_dead_and_killed_features():
+    fp = sparse(100, 3, 2)
+    fp[:, 0] = 0.0                 # feature 0 never fires under FP
+    quant = fp.clone()
+    quant[:, 1] = 0.0              # feature 1 is killed by quantization
+    result = compare(fp, quant, ids(100))
     assert set(result.features) == {1, 2} and result.n_alive == 2
-    assert result.pearson[result.features.index(1)] == 0.0
-    assert result.mean_pearson_alive == pytest.approx(0.5)
+    rank = result.features.index(1)
+    assert result.pearson[rank] == 0.0 and result.recall[rank] == 0.0 and result.positions[rank] == 0.0
+    assert result.activation_recall == pytest.approx(int((fp[:, 2] > 0).sum()) / int((fp[:, 1:] > 0).sum()))
 
 
-def test_features_count_repeated_contexts_once():
+def test_repeated_contexts_are_counted_once():
     rows = torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [3.0, 0.0], [2.0, 0.0]])
     assert features.distinct_rows(rows).tolist() == [0, 1, 3]
-    # 12 prompts share a BOS residual on which feature 0 fires hardest: counted once, its top 10
-    # is BOS plus the 9 strongest distinct contexts, not 10 copies of BOS
-    fp = torch.cat([torch.full((12, 2), 5.0), torch.rand(30, 2, generator=gen(4))])
-    result = features.compare_features(identity_sae(2), fp, fp.clone())
-    assert result.n_positions == 31 and result.survival == 1.0
+    # 12 prompts share a BOS residual on which feature 0 fires hardest: counted once
+    fp = torch.cat([torch.full((12, 3), 5.0), tagged(sparse(60, 2, 4))])
+    result = features.compare_features(identity_sae(3), fp, fp.clone(), ids(72))
+    assert result.n_positions == 61 and result.survival == 1.0
 
 
-def test_feature_acts_reads_the_middle_layer_on_real_tokens():
-    fp = make_capture()
-    got = features.feature_acts(fp)
-    assert torch.equal(got, fp.acts[f"blocks.{N_LAYERS // 2}.hook_resid_post"][fp.mask])
-    assert got.shape == (sum(LENGTHS), D_MODEL)
-
-
-def test_bad_sae_is_noted():
+def test_a_basis_that_misses_its_targets_fails_the_precondition():
     sae = identity_sae(4)
     with torch.no_grad():
-        sae.W_dec.zero_()
-    acts = torch.rand(20, 4, generator=gen(3))
-    result = features.compare_features(sae, acts, acts.clone())
-    (note,) = result.notes()
-    assert note.startswith("the SAE explains only")
+        sae.W_dec.zero_()          # reconstructs nothing: FVE < 0
+    acts = sparse(50, 4, 3)
+    (failure,) = features.compare_features(sae, acts, acts.clone(), ids(50)).failures(DEFAULT)
+    assert failure.criterion == "sae_basis_quality"
+    assert "fraction of variance explained" in failure and "--qcheck-sae" in failure
+
+
+def test_the_judged_rule_must_be_the_thresholds_rule():
+    acts = sparse(50, 2, 3)
+    result = compare(acts, acts.clone(), ids(50), rule="study")
+    with pytest.raises(ValueError, match="judged by rule 'study'"):
+        result.failures(DEFAULT)
+    with pytest.raises(ValueError, match="rule 'nope'"):
+        compare(acts, acts, ids(50), rule="nope")
+
+
+def test_feature_acts_reads_the_sae_hook_on_real_tokens():
+    fp = make_capture()
+    got = features.feature_acts(fp, "blocks.1.hook_resid_post")
+    assert torch.equal(got, fp.acts["blocks.1.hook_resid_post"][fp.mask])
+    assert got.shape == (sum(LENGTHS), D_MODEL)
+    # resid_pre of block 1 is resid_post of block 0
+    assert torch.equal(features.feature_acts(fp, "blocks.1.hook_resid_pre"), fp.acts["blocks.0.hook_resid_post"][fp.mask])
+    assert torch.equal(features.feature_acts(fp, "blocks.0.hook_mlp_out"), fp.acts["blocks.0.hook_mlp_out"][fp.mask])
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_pre", f"blocks.{N_LAYERS}.hook_resid_post",
+                                  "blocks.1.hook_resid_mid", "blocks.1.attn.hook_z", "hook_embed"])
+def test_hooks_qcheck_does_not_capture_are_refused_by_name(hook):
+    with pytest.raises(ValueError, match="is not one qcheck captures"):
+        features.capture_key(hook, N_LAYERS)
+
+
+def test_compare_feature_captures_uses_the_captures_token_ids():
+    fp = make_capture()
+    quant = make_capture(seed=1)
+    quant = type(fp)(tokens=fp.tokens, mask=fp.mask, logits=None, acts=quant.acts)
+    sae = identity_sae(D_MODEL, hook="blocks.1.hook_resid_post")
+    result = features.compare_feature_captures(sae, fp, quant)
+    direct = features.compare_features(sae, fp.acts["blocks.1.hook_resid_post"][fp.mask],
+                                       quant.acts["blocks.1.hook_resid_post"][fp.mask], fp.tokens[fp.mask])
+    assert result == direct
