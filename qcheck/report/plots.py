@@ -187,7 +187,7 @@ def plot_features(metrics: dict, thresholds: dict) -> Figure:
     colors = [GOOD if v[f"survived_{rule}"] else BAD for _, v in features]
     figure, (ax, ax2) = _figure(2, width=5.0)
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [v["shared_top"] / max(v["n_top"], 1) for _, v in features], width=0.4,
+    ax.bar([i - 0.2 for i in x], [v["positions"] for _, v in features], width=0.4,
            color=colors, label="positions kept")
     ax.bar([i + 0.2 for i in x], [v["token_overlap"] for _, v in features], width=0.4, color=colors,
            alpha=0.5, label="token ids kept (study)")

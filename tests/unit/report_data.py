@@ -46,10 +46,17 @@ def synthetic_result(analysis: str, n_layers: int, damage: float):
         return AttentionResult(jsd=jsd, prev_token_fp=prev, prev_token_quant=prev_q, n_queries=50)
     if analysis == "features":
         shared = tuple(10 - (i % 4) * round(damage * 3) for i in range(20))
+        from qcheck.sae.train import BasisQuality
+
         return FeatureResult(features=tuple(range(100, 120)), fp_mean=(1.0,) * 20, quant_mean=(0.9,) * 20,
-                             shared=shared, pearson=tuple(1 - damage * 0.5 for _ in range(20)),
-                             mean_pearson_alive=0.9, fve_fp=0.8, fve_quant=0.7, l0_fp=12.0, n_alive=60,
-                             n_positions=400)
+                             n_top=(10,) * 20, positions=tuple(s / 10 for s in shared),
+                             token_overlap=tuple(s / 10 for s in shared),
+                             pearson=tuple(1 - damage * 0.5 for _ in range(20)),
+                             recall=tuple(1 - damage * 0.3 for _ in range(20)), mean_pearson_alive=0.9,
+                             activation_recall=0.9,
+                             fp=BasisQuality(l0=12.0, fve=0.95, dead_fraction=0.0, d_sae=400, n_rows=400),
+                             quant=BasisQuality(l0=12.0, fve=0.9, dead_fraction=0.0, d_sae=400, n_rows=400),
+                             n_alive=60, n_positions=400)
     if analysis == "logit_lens":
         return LogitLensResult(kl=tuple(damage * (l + 1) * 0.1 for l in layers),
                                top1=tuple(1 - damage * 0.3 for _ in layers),
