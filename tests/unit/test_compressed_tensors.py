@@ -300,16 +300,30 @@ def test_what_the_format_cannot_hold_is_refused_before_quantizing(tmp_path):
 
 def test_the_committed_export_is_what_qcheck_exports_today(pythia, tmp_path):
     """The folder the library read (its reference and from_pretrained log beside it) is qcheck's
-    export as it is now: GPTQ with the zoo's sampled calibration is deterministic on CPU."""
+    export as it is now: the same tensors with the same names, dtypes and shapes, the same config,
+    and every tensor outside the block linears' codes and scales bit for bit.
+
+    The codes and scales are not compared across machines: GPTQ's sums round differently under
+    another CPU's kernels. Measured on an AVX-512 Xeon against the machine that made the folder:
+    0.07 % of layer 0's query_key_value weights differ, and since each layer is calibrated on the
+    quantized layers before it, 66 % of the last linear's do. That an export holds exactly the codes
+    the machine computed is test_float32_export_imports_to_the_in_memory_model_exactly's."""
     log = json.loads((OUT / f"{EXPORTED.name}.log.json").read_text())
     assert log["from_pretrained"]["weights_differing_from_reference"] == {} and log["from_pretrained"]["logits_finite"]
-    config = json.loads((EXPORTED / "config.json").read_text())["quantization_config"]
-    again = export_compressed_tensors(pythia.hf, parse_quant_spec(config["qcheck"]["spec"]), tmp_path / "again",
-                                      tokenizer=pythia.tokenizer.hf_tokenizer, cache_dir=tmp_path / "cache")
+    committed_config = json.loads((EXPORTED / "config.json").read_text())
+    spec = parse_quant_spec(committed_config["quantization_config"]["qcheck"]["spec"])
+    again = export_compressed_tensors(pythia.hf, spec, tmp_path / "again", tokenizer=pythia.tokenizer.hf_tokenizer,
+                                      cache_dir=tmp_path / "cache")
     committed, today = load_file(EXPORTED / "model.safetensors"), load_file(again / "model.safetensors")
     assert committed.keys() == today.keys() and "embed_out.weight" in today      # save_pretrained's names
-    assert all(torch.equal(committed[k], today[k]) for k in committed), [k for k in committed
-                                                                         if not torch.equal(committed[k], today[k])]
+    assert {k: (t.dtype, t.shape) for k, t in committed.items()} == {k: (t.dtype, t.shape) for k, t in today.items()}
+    computed = (".weight_packed", ".weight_scale", ".weight_zero_point")
+    differing = [k for k in committed if not k.endswith(computed) and not torch.equal(committed[k], today[k])]
+    assert differing == [] and any(k.endswith(".weight_shape") for k in committed), differing
+    def config(document: dict) -> dict:  # _name_or_path: where the FP model was loaded from
+        return {k: v for k, v in document.items() if k != "_name_or_path"}
+
+    assert config(json.loads((again / "config.json").read_text())) == config(committed_config)
 
 
 def test_the_command_line_exports_compressed_tensors(tmp_path, capsys):
