@@ -22,9 +22,10 @@ prefix) has a bit-identical residual, and quantization is deterministic, so thos
 identical. Kept as copies they fill a BOS-loving feature's top 10 with one context tied 40 times,
 and the rule then measures a sort's tie-breaking, not the feature.
 
-A result on a basis that misses the quality targets (qcheck/sae/train.py: L0, FVE, dead
-fraction, measured here on the FP positions) fails its verdict with the precondition
-`sae_basis_quality`: feature survival in such a basis says little about features.
+A result on a basis that misses the L0 or FVE target (qcheck/sae/train.py), measured here on the
+FP positions, fails its verdict with the precondition `sae_basis_quality`: feature survival in
+such a basis says little about features. (A dead fraction above target is only a note: on other
+text than its training text, a feature the text never calls for is inactive, not dead.)
 """
 
 from __future__ import annotations
@@ -92,8 +93,7 @@ class FeatureResult:
     """Per top feature (by FP mean activation, best first): features (SAE ids); fp_mean /
     quant_mean (mean activation, SAE units); n_top (its FP top positions, ≤ 10); positions (the
     share of them among its quantized top positions, qcheck's rule); token_overlap (the study's
-    |FP ids ∩ quant ids| / |FP ids|); *_bounds: their 95 % bootstrap bounds over prompts (None
-    without a bootstrap); pearson (FP vs quantized activation over positions; 0 if the quantized
+    |FP ids ∩ quant ids| / |FP ids|); pearson (FP vs quantized activation over positions; 0 if the quantized
     one became constant); recall (fraction of its FP-active positions still active).
     Summaries: mean_pearson_alive over the features active somewhere under FP; activation_recall
     over every FP-active (feature, position) pair; fp / quant: the basis's quality on the FP and
@@ -263,6 +263,15 @@ def compare_feature_captures(sae: SAE, fp: Capture, quant: Capture, *, rule: str
     result = compare_features(sae, feature_acts(fp, sae.cfg.hook_name), feature_acts(quant, sae.cfg.hook_name),
                               fp.tokens[fp.mask], rule=rule)
     return replace(result, basis=basis_record(sae))
+
+
+def lost_features(baseline: dict) -> list[tuple[str, str, float, float]]:
+    """(feature, rule, pearson, share) for every top feature a recorded result (`as_baseline()`)
+    counts as lost, under each rule, most correlated first: the losses to look at are those of
+    features whose activation barely changed."""
+    lost = [(key, rule, f["pearson"], f["positions" if rule == "positions" else "token_overlap"])
+            for key, f in baseline["features"].items() for rule in RULES if not f[f"survived_{rule}"]]
+    return sorted(lost, key=lambda item: -item[2])
 
 
 def basis_record(sae: SAE) -> dict:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from qcheck.analyses.attention import PREV_TOKEN_THRESHOLD
 from qcheck.analyses.features import MIN_OVERLAP, TOP_POSITIONS
@@ -187,27 +188,31 @@ def plot_features(metrics: dict, thresholds: dict) -> Figure:
     colors = [GOOD if v[f"survived_{rule}"] else BAD for _, v in features]
     figure, (ax, ax2) = _figure(2, width=5.0)
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [v["positions"] for _, v in features], width=0.4,
-           color=colors, label="positions kept")
-    ax.bar([i + 0.2 for i in x], [v["token_overlap"] for _, v in features], width=0.4, color=colors,
-           alpha=0.5, label="token ids kept (study)")
+    ax.bar([i - 0.2 for i in x], [v["positions"] for _, v in features], width=0.4, color=colors)
+    ax.bar([i + 0.2 for i in x], [v["token_overlap"] for _, v in features], width=0.4, color=colors, alpha=0.5)
     _hline(ax, MIN_OVERLAP, f"survives (≥ {MIN_OVERLAP:.0%})")
     summary = metrics["summary"]
-    ax.set(ylabel=f"share of top-{TOP_POSITIONS} kept", ylim=(0, 1.05), xticks=list(x), xticklabels=names,
+    # headroom above 1 for the legend, so it never covers a bar
+    ax.set(ylabel=f"share of top-{TOP_POSITIONS} kept", ylim=(0, 1.3), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0],
+           xticks=list(x), xticklabels=names,
            title=f"survival ({rule} rule) {summary['n_survived']}/{summary['n_features']} "
                  f"(need {thresholds.get('min_feature_survival', math.nan):.0%})")
-    ax2.bar([i - 0.2 for i in x], [v["pearson"] or 0.0 for _, v in features], width=0.4, color=colors,
-            label="Pearson r")
-    ax2.bar([i + 0.2 for i in x], [v["recall"] for _, v in features], width=0.4, color=colors, alpha=0.5,
-            label="activation recall")
-    ax2.set(ylabel="FP vs quantized", ylim=(min(0, *(v["pearson"] or 0 for _, v in features)), 1.05),
-            xticks=list(x), xticklabels=names,
-            title=f"basis: L0 {summary['l0_fp']:.1f}, variance explained FP {summary['fve_fp']:.2f}, "
-                  f"quantized {summary['fve_quant']:.2f}")
+    ax2.bar([i - 0.2 for i in x], [v["pearson"] or 0.0 for _, v in features], width=0.4, color=colors)
+    ax2.bar([i + 0.2 for i in x], [v["recall"] for _, v in features], width=0.4, color=colors, alpha=0.5)
+    ax2.set(ylabel="FP vs quantized", ylim=(min(0, *(v["pearson"] or 0 for _, v in features)), 1.3),
+            yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0], xticks=list(x), xticklabels=names,
+            title=f"basis: L0 {summary['l0_fp']:.1f}, FVE FP {summary['fve_fp']:.2f} / quantized "
+                  f"{summary['fve_quant']:.2f}")
+    verdict = [Patch(color=GOOD, label=f"survives ({rule} rule)"), Patch(color=BAD, label="lost")]
+    ax.legend(handles=[Patch(color="0.3", label="positions kept"),
+                       Patch(color="0.3", alpha=0.5, label="token ids kept (study)"), *verdict,
+                       *ax.get_legend_handles_labels()[0]],
+              fontsize=7, ncol=3, loc="upper center")
+    ax2.legend(handles=[Patch(color="0.3", label="Pearson r"), Patch(color="0.3", alpha=0.5, label="activation recall"),
+                        *verdict], fontsize=7, ncol=2, loc="upper center")
     for a in (ax, ax2):
         a.tick_params(axis="x", labelrotation=90, labelsize=7)
         a.grid(alpha=0.3, axis="y")
-        a.legend(fontsize=7)
     return figure
 
 

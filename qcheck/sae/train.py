@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from qcheck.sae.model import SAE, SAEConfig
+from qcheck.sae.model import QUALITY_CHUNK, SAE, SAEConfig
 
 # Basis-quality targets (the issue that introduced this trainer; docs/analyses.md "features"):
 # a feature result on a basis that misses one is flagged in its verdict.
@@ -166,7 +166,11 @@ class BasisQuality:
 
 @torch.no_grad()
 def basis_quality(sae: SAE, acts: Float[Tensor, "n_tokens d_in"]) -> BasisQuality:
-    h = sae.encode(acts.float())
-    return BasisQuality(l0=float((h > 0).sum(dim=1).double().mean()), fve=sae.fraction_of_variance_explained(acts),
-                        dead_fraction=float((~(h > 0).any(dim=0)).double().mean()), d_sae=sae.cfg.d_sae,
+    n_active, ever_active = 0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    for rows in acts.float().split(QUALITY_CHUNK):
+        active = sae.encode(rows) > 0                                         # (chunk, d_sae)
+        n_active += int(active.sum())
+        ever_active |= active.any(dim=0)
+    return BasisQuality(l0=n_active / len(acts), fve=sae.fraction_of_variance_explained(acts),
+                        dead_fraction=float((~ever_active).double().mean()), d_sae=sae.cfg.d_sae,
                         n_rows=len(acts))
