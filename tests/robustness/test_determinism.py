@@ -17,7 +17,7 @@ from qcheck.analyses.attention import compare_attention
 from qcheck.analyses.circuits import compare_induction_captures
 from qcheck.analyses.fidelity import compare_outputs
 from qcheck.analyses.logit_lens import compare_logit_lens
-from qcheck.thresholds import Thresholds
+from qcheck.thresholds import Thresholds  # the defaults, and where each comes from: docs/thresholds.md
 from qcheck.pair import Case
 from qcheck.suite.options import ThresholdOverrides
 from qcheck.pair import INDUCTION_HALF

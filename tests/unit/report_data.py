@@ -22,7 +22,7 @@ from qcheck.models.digest import model_digest
 from qcheck.quantize.spec import parse_quant_spec
 from qcheck.report.merge import merge
 from qcheck.report.results import entry_for_pair, entry_for_test, environment
-from qcheck.thresholds import Thresholds
+from qcheck.thresholds import Thresholds  # the defaults, and where each comes from: docs/thresholds.md
 
 ANALYSIS_NAMES = tuple(ANALYSES)
 MODELS = {"zoo-small": 2, "zoo-large": 3}   # name -> n_layers

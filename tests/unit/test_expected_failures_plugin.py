@@ -8,7 +8,7 @@ import json
 import pytest
 import report_data as data
 
-from qcheck.thresholds import Thresholds
+from qcheck.thresholds import Thresholds  # the defaults, and where each comes from: docs/thresholds.md
 from qcheck.models.registry import zoo_names
 from qcheck.suite.session import QcheckSession
 

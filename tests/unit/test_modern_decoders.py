@@ -23,7 +23,7 @@ from qcheck.quantize.apply import quantize_model
 from qcheck.quantize.spec import parse_quant_spec
 from qcheck.sae.basis import feature_hook, training_activations
 from qcheck.sae.train import Recipe, train_topk
-from qcheck.thresholds import Thresholds
+from qcheck.thresholds import Thresholds  # the defaults, and where each comes from: docs/thresholds.md
 
 from helpers import build_tiny
 

@@ -4,7 +4,7 @@ Devices (parse_device, the xdist GPU mapping): tests/robustness/test_devices.py.
 import pytest
 import torch
 
-from qcheck.thresholds import Thresholds
+from qcheck.thresholds import Thresholds  # the defaults, and where each comes from: docs/thresholds.md
 from qcheck.suite.options import parse_threshold_overrides, thresholds_from_pyproject
 
 

@@ -10,7 +10,7 @@ import report_data as data
 
 import qcheck.report.plots  # noqa: F401  pytester's in-process runs drop modules they import first;
 #                             a matplotlib imported half inside, half outside them breaks
-from qcheck.thresholds import Thresholds
+from qcheck.thresholds import Thresholds  # the defaults, and where each comes from: docs/thresholds.md
 from qcheck.models.registry import zoo_names
 from qcheck.report.schema import validate
 from qcheck.suite.session import QcheckSession

@@ -4,7 +4,7 @@ import pytest
 
 from qcheck.analyses import ANALYSES
 from qcheck.suite.expected import declarations_from_results, known_criteria, load_expected_failures
-from qcheck.thresholds import Thresholds
+from qcheck.thresholds import Thresholds  # the defaults, and where each comes from: docs/thresholds.md
 from qcheck.verdict import Failure, judge
 
 COSINE = Failure("min_resid_cosine", "resid_post cosine below 0.95 at L1 (0.85)", 0.85)

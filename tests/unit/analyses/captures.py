@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 
 from qcheck.capture import Capture
-from qcheck.thresholds import Thresholds
+from qcheck.thresholds import Thresholds  # the defaults, and where each comes from: docs/thresholds.md
 
 N_LAYERS, N_HEADS, D_MODEL, D_VOCAB = 2, 3, 8, 11
 LENGTHS = (6, 4, 5)  # right-padded to POS

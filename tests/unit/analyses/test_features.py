@@ -8,7 +8,7 @@ import torch
 
 from qcheck.analyses import features
 from qcheck.sae.model import SAE, SAEConfig
-from qcheck.thresholds import Thresholds
+from qcheck.thresholds import Thresholds  # the defaults, and where each comes from: docs/thresholds.md
 
 from .captures import D_MODEL, DEFAULT, LENGTHS, N_LAYERS, assert_baseline_json, gen, make_capture
 
