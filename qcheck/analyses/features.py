@@ -37,8 +37,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+import numpy as np
+
 from qcheck import metrics
-from qcheck.analyses._common import check_same_inputs, fails_min, fmt, listing, worst_first
+from qcheck.analyses import feature_intervals as fi
+from qcheck.analyses._common import check_same_inputs, fmt, listing, show, worst_first
 from qcheck.analyses.base import Analysis, Context, Headline, Threshold, UP
 from qcheck.capture import Capture
 from qcheck.sae.hooks import capture_key
@@ -117,6 +120,10 @@ class FeatureResult:
     rule: str = "positions"
     # the basis measured in (results.json tests[].basis): digest, origin, hook and shape
     basis: dict | None = field(default=None, compare=False)
+    # 95 % bootstrap bounds over the prompts (qcheck/analyses/feature_intervals.py), keyed like
+    # as_baseline: {"features": {F<id>: {metric: (low, high)}}, "summary": {metric: (low, high)}};
+    # None without prompt ids
+    bounds: dict | None = field(default=None, compare=False)
 
     def shares_by(self, rule: str) -> tuple[float, ...]:
         """Per feature, the share `rule` judges: positions kept, or token ids kept (study)."""
@@ -155,15 +162,31 @@ class FeatureResult:
             return [Failure("sae_basis_quality", "the SAE basis misses its quality targets on the FP "
                             "activations (" + "; ".join(misses) + "): feature survival in it says little "
                             "about features; retrain it or pass a better one with --qcheck-sae")]
-        if not fails_min(self.survival, thresholds.min_feature_survival):
+        cut = thresholds.min_feature_survival
+        survival_bounds = None  # a top-k share has no bootstrap interval (qcheck/analyses/feature_intervals.py)
+        interval = metrics.Interval(self.survival, *(survival_bounds or (self.survival, self.survival)),
+                                    metrics.CONFIDENCE)
+        side = interval.side(cut, minimum=True)
+        if side == "pass":
             return []
         lost = [i for i, ok in enumerate(self.survived) if not ok]
         ranked = worst_first(lost, lambda i: self.shares_by(self.rule)[i], high_is_bad=False)
         rule_text = (f"keep >= 80% of their top-10 positions within the top {RANK_SLACK * TOP_POSITIONS}" if self.rule == "positions"
                      else "keep >= 80% of the token ids at their top-10 positions, the study's rule")
-        return [Failure("min_feature_survival", f"SAE feature survival {fmt(self.survival)} < "
-                        f"{fmt(thresholds.min_feature_survival)} ({sum(self.survived)}/{len(self.features)} "
-                        f"{rule_text}): lost " + listing(self._lost(i) for i in ranked), self.survival)]
+        verb = "straddles" if side == "borderline" else "<"
+        losses = ("lost " + listing(self._lost(i) for i in ranked)) if ranked else "none lost in these prompts"
+        return [Failure("min_feature_survival", f"{'borderline: ' if side == 'borderline' else ''}SAE feature "
+                        f"survival {show(self.survival, survival_bounds)} {verb} {fmt(cut)} ({sum(self.survived)}/"
+                        f"{len(self.features)} {rule_text}): {losses}", self.survival, borderline=side == "borderline")]
+
+    def intervals(self) -> dict:
+        """[low, high] per top feature and for the summary, keyed like as_baseline, for the smooth
+        values; the top-k shares and survival have none (qcheck/analyses/feature_intervals.py)."""
+        if self.bounds is None:
+            return {}
+        return {"confidence": metrics.CONFIDENCE, "seed": metrics.BOOTSTRAP_SEED, "unit": "prompt",
+                "features": {key: {m: list(b) for m, b in bounds.items()} for key, bounds in self.bounds["features"].items()},
+                "summary": {m: list(b) for m, b in self.bounds["summary"].items()}}
 
     def notes(self) -> list[str]:
         if self.fp.dead_fraction > MAX_DEAD_FRACTION:
@@ -194,18 +217,22 @@ class FeatureResult:
 
 @torch.no_grad()
 def compare_features(sae: SAE, fp_acts: Float[Tensor, "n_tokens d_in"], quant_acts: Float[Tensor, "n_tokens d_in"],
-                     token_ids: Int[Tensor, "n_tokens"], *, rule: str = "positions") -> FeatureResult:
+                     token_ids: Int[Tensor, "n_tokens"], *, rule: str = "positions",
+                     prompt_ids: Int[Tensor, "n_tokens"] | None = None) -> FeatureResult:
     """Encode FP and quantized activations at the same positions and apply both survival rules.
 
     Positions whose FP activation repeats an earlier one exactly are dropped (module docstring);
     every number in the result is over the distinct positions left. Only features active
     somewhere under FP are ranked; if fewer than 20 are alive, all alive ones are used.
+    prompt_ids (which prompt each position belongs to), if given, adds the 95 % bootstrap bounds
+    over the prompts (qcheck/analyses/feature_intervals.py).
     """
     if fp_acts.shape != quant_acts.shape or fp_acts.ndim != 2:
         raise ValueError(f"expected two (n_tokens, d_in) tensors of one shape, got "
                          f"{tuple(fp_acts.shape)} and {tuple(quant_acts.shape)}")
-    if token_ids.shape != fp_acts.shape[:1]:
-        raise ValueError(f"token_ids must be ({len(fp_acts)},), got {tuple(token_ids.shape)}")
+    if token_ids.shape != fp_acts.shape[:1] or (prompt_ids is not None and prompt_ids.shape != fp_acts.shape[:1]):
+        raise ValueError(f"token_ids and prompt_ids must be ({len(fp_acts)},), got {tuple(token_ids.shape)}"
+                         + ("" if prompt_ids is None else f" and {tuple(prompt_ids.shape)}"))
     if fp_acts.shape[1] != sae.cfg.d_in:
         raise ValueError(f"the SAE reads d_in {sae.cfg.d_in}, the activations have {fp_acts.shape[1]}")
     if rule not in RULES:
@@ -235,24 +262,68 @@ def compare_features(sae: SAE, fp_acts: Float[Tensor, "n_tokens d_in"], quant_ac
                          f"positions): the basis has no sparse feature to follow")
     ranking = torch.sort(torch.where(ranked, fp_mean, -torch.inf), descending=True, stable=True).indices
     top = ranking[: min(TOP_FEATURES, int(ranked.sum()))].tolist()
-    n_top, positions, overlap = [], [], []
-    for f in top:
-        fp_pos = top_active(h_fp[:, f], TOP_POSITIONS)
-        n_top.append(len(fp_pos))
-        within = top_active(h_quant[:, f], RANK_SLACK * len(fp_pos))
-        positions.append(float(torch.isin(fp_pos, within).sum()) / len(fp_pos))
-        # the study's rule: the token ids at the FP top positions and at as many quantized ones
-        quant_pos = top_active(h_quant[:, f], len(fp_pos))
-        fp_ids, quant_ids = set(token_ids[fp_pos].tolist()), set(token_ids[quant_pos].tolist())
-        overlap.append(len(fp_ids & quant_ids) / len(fp_ids))
+    positions, overlap, n_top = fi.top_shares(h_fp[:, top], h_quant[:, top], token_ids, k=TOP_POSITIONS,
+                                              slack=RANK_SLACK)
 
-    return FeatureResult(
+    result = FeatureResult(
         features=tuple(top), fp_mean=tuple(fp_mean[top].tolist()), quant_mean=tuple(quant_mean[top].tolist()),
-        n_top=tuple(n_top), positions=tuple(positions), token_overlap=tuple(overlap), pearson=tuple(r[top].tolist()),
-        recall=tuple(recall[top].tolist()), mean_pearson_alive=float(r[alive].mean()),
+        n_top=tuple(n_top.tolist()), positions=tuple(positions.tolist()), token_overlap=tuple(overlap.tolist()),
+        pearson=tuple(r[top].tolist()), recall=tuple(recall[top].tolist()), mean_pearson_alive=float(r[alive].mean()),
         activation_recall=float(kept[alive].sum() / active_fp.sum()),
         fp=basis_quality(sae, fp_acts), quant=basis_quality(sae, quant_acts), n_alive=int(alive.sum()),
         n_positions=len(fp_acts), n_dense=int((alive & dense).sum()), rule=rule)
+    if prompt_ids is None:
+        return result
+    bounds = _bootstrap_bounds(sae, result, fp_acts, quant_acts, h_fp, h_quant, token_ids, prompt_ids[keep], alive)
+    return replace(result, bounds=bounds)
+
+
+def _bootstrap_bounds(sae: SAE, result: FeatureResult, fp_acts, quant_acts, h_fp, h_quant, token_ids, prompt_ids,
+                      alive) -> dict:
+    """The 95 % bounds over the prompts of every per-feature and summary value that is a smooth
+    function of per-prompt sums (qcheck/analyses/feature_intervals.py says why the top-k shares
+    and survival have none)."""
+    _, prompt_ids = torch.unique(prompt_ids, return_inverse=True)        # prompts with a position left: 0..n-1
+    n_prompts = int(prompt_ids.max()) + 1
+    counts = fi.prompt_counts(n_prompts, seed=metrics.BOOTSTRAP_SEED, n_resamples=metrics.N_RESAMPLES)
+    top = list(result.features)
+
+    # the smooth values from per-prompt sums
+    alive_ids = torch.nonzero(alive).flatten()
+    x, y = h_fp[:, alive_ids].double(), h_quant[:, alive_ids].double()
+    n = fi.resampled(counts, fi.per_prompt(torch.ones(len(x), 1), prompt_ids, n_prompts))       # (R, 1)
+    sums = {name: fi.resampled(counts, fi.per_prompt(v, prompt_ids, n_prompts)) for name, v in {
+        "x": x, "y": y, "xx": x * x, "yy": y * y, "xy": x * y, "active_fp": (x > 0).double(),
+        "kept": ((x > 0) & (y > 0)).double()}.items()}                                          # (R, n_alive)
+    r = fi.pearson_from_sums(n, sums["x"], sums["y"], sums["xx"], sums["yy"], sums["xy"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = sums["kept"] / sums["active_fp"]
+        activation_recall = sums["kept"].sum(axis=1) / sums["active_fp"].sum(axis=1)
+    column = {int(f): i for i, f in enumerate(alive_ids.tolist())}
+    in_top = [column[f] for f in top]
+    quality = {}
+    for side, acts, h in (("fp", fp_acts, h_fp), ("quant", quant_acts, h_quant)):
+        errors = torch.cat([(rows.double() - sae(rows).double()).pow(2).sum(dim=1)
+                            for rows in acts.split(4096)])                                      # (n_pos,)
+        a = acts.double()
+        s_x = fi.resampled(counts, fi.per_prompt(a, prompt_ids, n_prompts))
+        s_xx = fi.resampled(counts, fi.per_prompt(a.pow(2).sum(dim=1, keepdim=True), prompt_ids, n_prompts))[:, 0]
+        s_err = fi.resampled(counts, fi.per_prompt(errors[:, None], prompt_ids, n_prompts))[:, 0]
+        s_l0 = fi.resampled(counts, fi.per_prompt((h > 0).sum(dim=1, keepdim=True), prompt_ids, n_prompts))[:, 0]
+        quality[f"fve_{side}"] = fi.fve_from_sums(n[:, 0], s_x, s_xx, s_err)
+        quality[f"l0_{side}"] = s_l0 / n[:, 0]
+
+    per_feature = {"fp_mean": sums["x"][:, in_top] / n, "quant_mean": sums["y"][:, in_top] / n,
+                   "pearson": r[:, in_top], "recall": recall[:, in_top]}
+    summary = {"mean_pearson_top": np.nanmean(r[:, in_top], axis=1),
+               "mean_pearson_alive": np.nanmean(r, axis=1), "activation_recall": activation_recall, **quality}
+
+    def bounds(samples: np.ndarray) -> tuple[float, float]:
+        low, high = np.nanpercentile(samples, [2.5, 97.5], axis=0)
+        return float(low), float(high)
+
+    return {"features": {feature_key(f): {m: bounds(v[:, i]) for m, v in per_feature.items()} for i, f in enumerate(top)},
+            "summary": {m: bounds(v) for m, v in summary.items()}}
 
 
 def compare_feature_captures(sae: SAE, fp: Capture, quant: Capture, *, rule: str = "positions") -> FeatureResult:
@@ -260,8 +331,9 @@ def compare_feature_captures(sae: SAE, fp: Capture, quant: Capture, *, rule: str
     check_same_inputs(fp, quant)
     if sae.cfg.hook_name is None:
         raise ValueError("the SAE names no hook (cfg.hook_name): qcheck cannot tell which activation it reads")
+    prompt_ids = torch.arange(fp.mask.shape[0])[:, None].expand_as(fp.mask)[fp.mask]   # row-major, as the acts
     result = compare_features(sae, feature_acts(fp, sae.cfg.hook_name), feature_acts(quant, sae.cfg.hook_name),
-                              fp.tokens[fp.mask], rule=rule)
+                              fp.tokens[fp.mask], rule=rule, prompt_ids=prompt_ids)
     return replace(result, basis=basis_record(sae))
 
 

@@ -209,3 +209,75 @@ def test_compare_feature_captures_uses_the_captures_token_ids():
     direct = features.compare_features(sae, fp.acts["blocks.1.hook_resid_post"][fp.mask],
                                        quant.acts["blocks.1.hook_resid_post"][fp.mask], fp.tokens[fp.mask])
     assert result == direct
+
+
+def reference_shares(h_fp: np.ndarray, h_q: np.ndarray, tokens: np.ndarray, k: int = 10, slack: int = 2):
+    """Both rules' shares feature by feature, the way the rules are written down (numpy)."""
+    positions, overlap = [], []
+    for f in range(h_fp.shape[1]):
+        fp_top = np_top(h_fp[:, f], k)
+        within = np_top(h_q[:, f], slack * len(fp_top))
+        positions.append(sum(p in within for p in fp_top) / len(fp_top))
+        fp_ids, q_ids = set(tokens[fp_top].tolist()), set(tokens[np_top(h_q[:, f], len(fp_top))].tolist())
+        overlap.append(len(fp_ids & q_ids) / len(fp_ids))
+    return positions, overlap
+
+
+def test_top_shares_is_the_rules_feature_by_feature_ties_and_repeated_ids_included():
+    from qcheck.analyses.feature_intervals import top_shares
+
+    g = gen(5)
+    # quantized values on a coarse grid (plateaus: ties), few token ids (repeats), some features
+    # active on fewer than 10 positions
+    h_fp = torch.rand(120, 12, generator=g) * (torch.rand(120, 12, generator=g) < torch.linspace(0.04, 0.5, 12))
+    h_q = torch.round(h_fp * (0.3 + 1.4 * torch.rand(120, 12, generator=g)) * 4) / 4
+    tokens = torch.randint(0, 15, (120,), generator=g)
+    positions, overlap, n_top = top_shares(h_fp, h_q, tokens, k=10, slack=2)
+    ref_positions, ref_overlap = reference_shares(h_fp.numpy(), h_q.numpy(), tokens.numpy())
+    assert positions.tolist() == pytest.approx(ref_positions) and overlap.tolist() == pytest.approx(ref_overlap)
+    assert n_top.tolist() == [min(10, int(c)) for c in (h_fp > 0).sum(dim=0)]
+    assert min(n_top.tolist()) < 10 and min(ref_positions) < 1 and min(ref_overlap) < 1   # not vacuous
+
+
+def prompts_of(n: int, n_prompts: int) -> torch.Tensor:
+    return torch.arange(n) * n_prompts // n      # consecutive blocks of positions, one per prompt
+
+
+def test_the_smooth_values_have_prompt_bootstrap_bounds_and_the_top_k_shares_none():
+    fp = sparse(200, 4, 2, torch.tensor([1.0, 4.0, 2.0, 3.0]))
+    quant = fp * (1 + 0.3 * torch.rand(fp.shape, generator=gen(3)))
+    result = compare(fp, quant, ids(200), prompt_ids=prompts_of(200, 20))
+    again = compare(fp, quant, ids(200), prompt_ids=prompts_of(200, 20))
+    assert result.intervals() == again.intervals()               # seeded
+    intervals = result.intervals()
+    assert set(intervals["summary"]) == {"mean_pearson_top", "mean_pearson_alive", "activation_recall",
+                                         "fve_fp", "fve_quant", "l0_fp", "l0_quant"}
+    summary = result.as_baseline()["summary"]
+    for key, (low, high) in intervals["summary"].items():
+        assert low <= summary[key] <= high, key
+    assert all(intervals["summary"][key][0] < intervals["summary"][key][1] for key in ("mean_pearson_alive", "fve_quant"))
+    for i, f in enumerate(result.features):
+        bounds = intervals["features"][features.feature_key(f)]
+        assert set(bounds) == {"fp_mean", "quant_mean", "pearson", "recall"}
+        assert bounds["fp_mean"][0] <= result.fp_mean[i] <= bounds["fp_mean"][1]
+        assert bounds["recall"] == [1.0, 1.0]                    # quantization scaled, never silenced
+    assert compare(fp, quant, ids(200)).intervals() == {}        # no prompts, no bootstrap
+
+
+def test_the_bounds_are_those_of_resampling_the_prompts_by_hand():
+    from qcheck import metrics
+    from qcheck.analyses.feature_intervals import prompt_counts
+
+    fp = sparse(120, 3, 4, torch.tensor([1.0, 3.0, 2.0]))
+    quant = fp + 0.2 * torch.rand(fp.shape, generator=gen(6)) * (fp > 0)
+    prompts = prompts_of(120, 12)
+    result = compare(fp, quant, ids(120), prompt_ids=prompts)
+    f = result.features[0]
+    means, rs = [], []
+    for row in prompt_counts(12, seed=metrics.BOOTSTRAP_SEED, n_resamples=metrics.N_RESAMPLES):
+        rows = torch.repeat_interleave(torch.arange(120), torch.from_numpy(row)[prompts])
+        means.append(float(fp[rows, f].double().mean()))
+        rs.append(float(metrics.pearson(fp[rows, f].double(), quant[rows, f].double())))
+    bounds = result.intervals()["features"][features.feature_key(f)]
+    assert bounds["fp_mean"] == pytest.approx(np.percentile(means, [2.5, 97.5]).tolist(), rel=1e-9)
+    assert bounds["pearson"] == pytest.approx(np.percentile(rs, [2.5, 97.5]).tolist(), rel=1e-6)
