@@ -9,7 +9,10 @@ it is unit-tested; the hooks and fixtures here only hand off.
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from qcheck.analyses import ANALYSES
 from qcheck.analyses.base import Analysis, Context
@@ -20,9 +23,25 @@ from qcheck.report.run import WORKEROUTPUT_KEY, ReportRun
 from qcheck.suite.session import QcheckSession
 from qcheck.verdict import judge
 
+def share_cores_among_workers(environ=os.environ) -> int | None:
+    """In an xdist worker, give torch cores // workers intra-op threads (at least 1), unless the
+    user chose a count (OMP_NUM_THREADS); returns the count set, or None. At torch's default of one
+    thread per core, N workers run N × cores spinning OpenMP threads on the cores: on 2 cores with
+    `-n 2`, one zoo SAE-card test took 122 s beside another worker and 5 s alone."""
+    workers = environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not environ.get("PYTEST_XDIST_WORKER") or not workers or "OMP_NUM_THREADS" in environ:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // int(workers))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def configure(config: pytest.Config) -> None:
     """Build the session and the report run (plugin.py's pytest_configure calls this)."""
     from qcheck.suite import baselines
+
+    share_cores_among_workers()
 
     for analysis in ANALYSES.values():
         config.addinivalue_line("markers", f"{analysis.name}: {analysis.title}")
