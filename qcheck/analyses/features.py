@@ -33,19 +33,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-import numpy as np
-
 from qcheck import metrics
 from qcheck.analyses import feature_intervals as fi
-from qcheck.analyses._common import check_same_inputs, fmt, listing, show, worst_first
+from qcheck.analyses._common import check_same_inputs, fails_min, fmt, listing, worst_first
 from qcheck.analyses.base import Analysis, Context, Headline, Threshold, UP
 from qcheck.capture import Capture
 from qcheck.sae.hooks import capture_key
-from qcheck.sae.model import SAE
+from qcheck.sae.model import QUALITY_CHUNK, SAE
 from qcheck.sae.train import MAX_DEAD_FRACTION, BasisQuality, basis_quality
 from qcheck.verdict import Failure
 
@@ -82,13 +81,6 @@ def distinct_rows(acts: Float[Tensor, "n_tokens d_model"]) -> Tensor:
     first = torch.full((int(inverse.max()) + 1,), len(acts), dtype=torch.long)
     first = first.scatter_reduce(0, inverse, torch.arange(len(acts)), reduce="amin")
     return first.sort().values
-
-
-def top_active(column: Float[Tensor, "n_tokens"], k: int) -> Tensor:
-    """Positions of the k largest activations > 0 (fewer if fewer are active), largest first;
-    ties go to the earlier position (stable sort)."""
-    order = torch.sort(column, descending=True, stable=True).indices
-    return order[: min(k, int((column > 0).sum()))]
 
 
 @dataclass(frozen=True)
@@ -162,22 +154,16 @@ class FeatureResult:
             return [Failure("sae_basis_quality", "the SAE basis misses its quality targets on the FP "
                             "activations (" + "; ".join(misses) + "): feature survival in it says little "
                             "about features; retrain it or pass a better one with --qcheck-sae")]
-        cut = thresholds.min_feature_survival
-        survival_bounds = None  # a top-k share has no bootstrap interval (qcheck/analyses/feature_intervals.py)
-        interval = metrics.Interval(self.survival, *(survival_bounds or (self.survival, self.survival)),
-                                    metrics.CONFIDENCE)
-        side = interval.side(cut, minimum=True)
-        if side == "pass":
+        # two-way on the point value: a top-k share has no bootstrap interval (feature_intervals.py)
+        if not fails_min(self.survival, thresholds.min_feature_survival):
             return []
         lost = [i for i, ok in enumerate(self.survived) if not ok]
         ranked = worst_first(lost, lambda i: self.shares_by(self.rule)[i], high_is_bad=False)
         rule_text = (f"keep >= 80% of their top-10 positions within the top {RANK_SLACK * TOP_POSITIONS}" if self.rule == "positions"
                      else "keep >= 80% of the token ids at their top-10 positions, the study's rule")
-        verb = "straddles" if side == "borderline" else "<"
-        losses = ("lost " + listing(self._lost(i) for i in ranked)) if ranked else "none lost in these prompts"
-        return [Failure("min_feature_survival", f"{'borderline: ' if side == 'borderline' else ''}SAE feature "
-                        f"survival {show(self.survival, survival_bounds)} {verb} {fmt(cut)} ({sum(self.survived)}/"
-                        f"{len(self.features)} {rule_text}): {losses}", self.survival, borderline=side == "borderline")]
+        return [Failure("min_feature_survival", f"SAE feature survival {fmt(self.survival)} < "
+                        f"{fmt(thresholds.min_feature_survival)} ({sum(self.survived)}/{len(self.features)} "
+                        f"{rule_text}): lost " + listing(self._lost(i) for i in ranked), self.survival)]
 
     def intervals(self) -> dict:
         """[low, high] per top feature and for the summary, keyed like as_baseline, for the smooth
@@ -274,11 +260,11 @@ def compare_features(sae: SAE, fp_acts: Float[Tensor, "n_tokens d_in"], quant_ac
         n_positions=len(fp_acts), n_dense=int((alive & dense).sum()), rule=rule)
     if prompt_ids is None:
         return result
-    bounds = _bootstrap_bounds(sae, result, fp_acts, quant_acts, h_fp, h_quant, token_ids, prompt_ids[keep], alive)
+    bounds = _bootstrap_bounds(sae, result, fp_acts, quant_acts, h_fp, h_quant, prompt_ids[keep], alive)
     return replace(result, bounds=bounds)
 
 
-def _bootstrap_bounds(sae: SAE, result: FeatureResult, fp_acts, quant_acts, h_fp, h_quant, token_ids, prompt_ids,
+def _bootstrap_bounds(sae: SAE, result: FeatureResult, fp_acts, quant_acts, h_fp, h_quant, prompt_ids,
                       alive) -> dict:
     """The 95 % bounds over the prompts of every per-feature and summary value that is a smooth
     function of per-prompt sums (qcheck/analyses/feature_intervals.py says why the top-k shares
@@ -304,7 +290,7 @@ def _bootstrap_bounds(sae: SAE, result: FeatureResult, fp_acts, quant_acts, h_fp
     quality = {}
     for side, acts, h in (("fp", fp_acts, h_fp), ("quant", quant_acts, h_quant)):
         errors = torch.cat([(rows.double() - sae(rows).double()).pow(2).sum(dim=1)
-                            for rows in acts.split(4096)])                                      # (n_pos,)
+                            for rows in acts.split(QUALITY_CHUNK)])                                      # (n_pos,)
         a = acts.double()
         s_x = fi.resampled(counts, fi.per_prompt(a, prompt_ids, n_prompts))
         s_xx = fi.resampled(counts, fi.per_prompt(a.pow(2).sum(dim=1, keepdim=True), prompt_ids, n_prompts))[:, 0]
