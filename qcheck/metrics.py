@@ -214,3 +214,27 @@ def bootstrap_ci(values: Tensor | np.ndarray, *, seed: int, n_resamples: int = 1
     low, high = np.percentile(stats, [tail, 100 - tail])
     return Interval(estimate=float(statistic(data[None, :])[0]), low=float(low), high=float(high),
                     confidence=confidence)
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = CONFIDENCE) -> Interval:
+    """The Wilson score interval of a proportion `successes` / `trials`, in [0, 1].
+
+    For a count of units that pass a per-unit rule (features that survive, top positions kept)
+    where the count is a top-k statistic a bootstrap cannot resample (the top k of a resample is
+    another set; qcheck/analyses/feature_intervals.py): each unit is read as a Bernoulli draw of
+    the rate the count estimates. Wilson, not the normal (Wald) interval: Wald gives [1, 1] for
+    20/20, Wilson [0.839, 1]. NaN bounds when trials is 0."""
+    if not 0 <= successes <= trials:
+        raise ValueError(f"wilson_interval: {successes} successes of {trials} trials")
+    if trials == 0:
+        return Interval(math.nan, math.nan, math.nan, confidence)
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p, n = successes / trials, trials
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # clamp the float rounding at the ends (k = 0 or n gives exactly 0 or 1 analytically)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return Interval(estimate=p, low=low, high=high, confidence=confidence)

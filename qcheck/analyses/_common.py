@@ -33,14 +33,15 @@ def fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def fails_min(value: float | None, minimum: float) -> bool:
-    """True if `value` is below `minimum`; NaN fails (an undefined score certifies nothing)."""
-    return value is not None and not value >= minimum
+def fails_min(value: float | None, minimum: float | None) -> bool:
+    """True if `value` is below `minimum`; NaN fails (an undefined score certifies nothing). A
+    minimum of None is a threshold that is not gated (qcheck/thresholds.py): nothing fails it."""
+    return minimum is not None and value is not None and not value >= minimum
 
 
-def fails_max(value: float | None, maximum: float) -> bool:
-    """True if `value` is above `maximum`; NaN fails."""
-    return value is not None and not value <= maximum
+def fails_max(value: float | None, maximum: float | None) -> bool:
+    """True if `value` is above `maximum`; NaN fails; a maximum of None is not gated."""
+    return maximum is not None and value is not None and not value <= maximum
 
 
 def worst_first(items: Iterable[T], value: Callable[[T], float], *, high_is_bad: bool) -> list[T]:
@@ -97,11 +98,13 @@ def percentile_bounds(boot: np.ndarray) -> np.ndarray:
 Bounds = tuple[float, float]
 
 
-def side_of(point: float, bounds: Bounds | None, cut: float, *, minimum: bool) -> str:
+def side_of(point: float, bounds: Bounds | None, cut: float | None, *, minimum: bool) -> str:
     """pass / fail / borderline of one element (qcheck/metrics.py Interval.side); without bounds,
-    the two-way verdict of its point value (NaN fails)."""
+    the two-way verdict of its point value (NaN fails); "pass" when the cut is None (not gated)."""
     from qcheck.metrics import Interval
 
+    if cut is None:
+        return "pass"
     if bounds is None:
         return "fail" if (fails_min(point, cut) if minimum else fails_max(point, cut)) else "pass"
     return Interval(point, bounds[0], bounds[1], 0.95).side(cut, minimum=minimum)
@@ -112,14 +115,16 @@ def show(point: float, bounds: Bounds | None) -> str:
     return fmt(point) if bounds is None else f"{fmt(point)} [{fmt(bounds[0])}, {fmt(bounds[1])}]"
 
 
-def judge_elements(criterion: str, what: str, cut: float, elements: list[tuple[str, float, Bounds | None]],
+def judge_elements(criterion: str, what: str, cut: float | None, elements: list[tuple[str, float, Bounds | None]],
                    *, minimum: bool, unit: str = "") -> list:
     """The Failure (or none) of a criterion every element must meet, e.g. each layer's cosine
     >= cut: one naming the elements whose interval is wholly on the failing side, worst first
     (and, after them, the borderline ones); else a borderline one naming the elements whose
-    interval straddles the cut; else nothing."""
+    interval straddles the cut; else nothing (always nothing when the cut is None: not gated)."""
     from qcheck.verdict import Failure
 
+    if cut is None:
+        return []
     sides = [(name, point, bounds, side_of(point, bounds, cut, minimum=minimum)) for name, point, bounds in elements]
     failing = [e for e in sides if e[3] == "fail"]
     undecided = [e for e in sides if e[3] == "borderline"]

@@ -145,4 +145,5 @@ ANALYSIS = Analysis(
     title="analysis 1, activation similarity per layer (resid_post, attn_out, mlp_out)",
     metrics={"cosine": UP, "pearson": UP, "min_resid_cosine": UP, "mean_resid_cosine": UP,
              "l2": DOWN_DIFF, "relative_l2": DOWN_DIFF},
+    unmeasured=frozenset({"n_tokens"}),
     headline=Headline("min_resid_cosine", "min resid cos"))

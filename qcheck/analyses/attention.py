@@ -160,6 +160,10 @@ class AttentionResult:
                                      "borderline": [head_key(*hd) for hd in calls.borderline],
                                      "text": calls.describe()},
                 "summary": {**{key: list(b) for key, b in self.summary_bounds.items()},
+                            # the counts the heads' intervals allow: (surely, possibly)
+                            "n_prev_token_heads": [sum(self._bounds("prev_token_fp", hd)[i] > PREV_TOKEN_THRESHOLD
+                                                       for hd in self._heads()) for i in (0, 1)],
+                            "n_prev_token_survived": [len(calls.survived), len(calls.survived) + len(calls.borderline)],
                             "prev_token_survival": list(calls.survival_bounds) if calls.candidates else None}}
 
     def notes(self) -> list[str]:
@@ -216,10 +220,11 @@ def compare_attention(fp: Capture, quant: Capture) -> AttentionResult:
 
 # --- the analysis ---------------------------------------------------------------------------
 THRESHOLDS = (
-    Threshold("max_head_jsd", 0.05, "bits, in [0, 1]",
-              "max over heads of the mean per-query JSD between FP and quantized patterns"),
-    Threshold("min_prev_token_survival", 1.0, "fraction, in [0, 1]",
-              f"fraction of FP previous-token heads (score > {PREV_TOKEN_THRESHOLD}) still above it after"),
+    Threshold("max_head_jsd", None, "bits, in [0, 1]",
+              "max over heads of the mean per-query JSD between FP and quantized patterns", suggested=0.05),
+    Threshold("min_prev_token_survival", None, "fraction, in [0, 1]",
+              f"fraction of FP previous-token heads (score > {PREV_TOKEN_THRESHOLD}) still above it after",
+              suggested=1.0),
 )
 
 
@@ -232,4 +237,5 @@ ANALYSIS = Analysis(
     title="analysis 2, attention-pattern JSD per head and previous-token heads",
     metrics={"jsd": DOWN_DIFF, "max_jsd": DOWN_DIFF, "mean_jsd": DOWN_DIFF,
              "n_prev_token_survived": UP, "prev_token_survival": UP},
+    unmeasured=frozenset({"n_queries"}),
     headline=Headline("mean_jsd", "mean JSD", scientific=True))

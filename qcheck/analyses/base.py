@@ -48,13 +48,23 @@ class Context:
 @dataclass(frozen=True)
 class Threshold:
     """One claim of a verdict: its key (a criterion of qcheck/verdict.py), default, unit, and the
-    claim in words. A text setting (e.g. the induction rule) has `choices`."""
+    claim in words. A text setting (e.g. the induction rule) has `choices`.
+
+    A default of None means *not gated*: no source grounds a value (docs/thresholds.md), so the
+    metric is reported and judges nothing until the user sets the threshold."""
 
     key: str
-    default: float | str
+    default: float | str | None
     unit: str
     claim: str
     choices: tuple[str, ...] = ()
+    # the value docs/thresholds.md reads against the study's cases for an ungated threshold: the
+    # first session's guess, which set the zoo's declared failures before the gates came off
+    suggested: float | None = None
+
+    @property
+    def is_setting(self) -> bool:
+        return bool(self.choices)
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,10 @@ class Analysis:
     metrics: Mapping[str, Metric] = field(default_factory=dict)
     headline: Headline | None = None
     needs_sae: bool = False
+    # as_baseline() values that are not measurements but sample sizes, settings or ranks, and so
+    # carry no interval: a last key ("n_tokens") or a dotted path ("fixed.detect_threshold").
+    # Every other numeric value has [low, high] in intervals() (qcheck/report/coverage.py checks).
+    unmeasured: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.prompt_set not in PROMPT_SETS:

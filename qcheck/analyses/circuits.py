@@ -146,6 +146,7 @@ class InductionResult:
     icl_quant_ci: metrics.Interval | None = None
     icl_increase_ci: metrics.Interval | None = None
     correlation_ci: metrics.Interval | None = None
+    relative_threshold_ci: metrics.Interval | None = None   # the relative rule's detection cut
 
     @property
     def outcome(self) -> RuleOutcome:
@@ -176,9 +177,9 @@ class InductionResult:
             parts.append(fmt(scores[l][h]) + ("" if self.bounds_fp is None else f" [{fmt(low)}, {fmt(high)}]"))
         return f"{head_key(l, h)} {'→'.join(parts)}"
 
-    def calls(self) -> HeadCalls:
-        """The three-way reading of the verdict's rule on the intervals (heads.py HeadCalls)."""
-        o = self.outcome
+    def calls(self, rule: Rule | None = None) -> HeadCalls:
+        """The three-way reading of a rule (default: the verdict's) on the intervals (heads.py HeadCalls)."""
+        o = self.outcome if rule is None else self.fixed if rule == "fixed" else self.relative
         heads = [(l, h) for l, row in enumerate(self.scores_fp) for h in range(len(row))]
         return call_heads(heads, lambda hd: self._bounds("fp", hd), lambda hd: self._bounds("quant", hd),
                           o.detect_threshold, o.survive_threshold)
@@ -215,7 +216,8 @@ class InductionResult:
                     f", {len(calls.borderline)} borderline" if calls.borderline else "")
                 out.append(Failure("min_induction_survival", "; ".join(parts)
                                    + f" ({counts}; need {fmt(need)}; {o.describe()})", worst, borderline=undecided))
-        side = (self.icl_increase_ci.side(thresholds.max_icl_loss_increase, minimum=False)
+        side = ("pass" if thresholds.max_icl_loss_increase is None
+                else self.icl_increase_ci.side(thresholds.max_icl_loss_increase, minimum=False)
                 if self.icl_increase_ci is not None
                 else "fail" if fails_max(self.icl_loss_increase, thresholds.max_icl_loss_increase) else "pass")
         if side != "pass":
@@ -242,10 +244,25 @@ class InductionResult:
                           "lost": [head_key(*hd) for hd in calls.lost],
                           "borderline": [head_key(*hd) for hd in calls.borderline],
                           "text": calls.describe()},
+                **{rule: self._rule_intervals(rule) for rule in RULES},
                 "summary": {"survival": list(calls.survival_bounds) if calls.candidates else None,
                             "correlation": self.correlation_ci.bounds(),
                             "icl_loss_fp": self.icl_fp_ci.bounds(), "icl_loss_quant": self.icl_quant_ci.bounds(),
                             "icl_loss_increase": self.icl_increase_ci.bounds()}}
+
+    def _rule_intervals(self, rule: Rule) -> dict:
+        """One rule's counts and survival as its heads' intervals allow them: (surely, possibly)
+        detected and surviving heads, keyed like RuleOutcome.as_baseline; for the relative rule
+        also the bootstrap interval of its cut (mean + 2σ of the resampled FP scores)."""
+        calls, cut = self.calls(rule), (self.fixed if rule == "fixed" else self.relative).detect_threshold
+        fp_bounds = [self._bounds("fp", (l, h)) for l, row in enumerate(self.scores_fp) for h in range(len(row))]
+        out = {"n_detected": [sum(low > cut for low, _ in fp_bounds), sum(high > cut for _, high in fp_bounds)],
+               "n_survived": [len(calls.survived), len(calls.survived) + len(calls.borderline)],
+               "survival": list(calls.survival_bounds) if calls.candidates else None}
+        if rule == "relative" and self.relative_threshold_ci is not None:
+            out["detect_threshold"] = self.relative_threshold_ci.bounds()
+            out["survive_threshold"] = [None if b is None else b / 2 for b in self.relative_threshold_ci.bounds()]
+        return out
 
     def notes(self) -> list[str]:
         return []
@@ -298,7 +315,14 @@ def compare_induction(fp_patterns: Sequence[Float[Tensor, "batch head_index quer
         icl_fp_ci=metrics.percentile_interval(boot_icl[:, 0], icl_fp),
         icl_quant_ci=metrics.percentile_interval(boot_icl.sum(axis=1), icl_quant),
         icl_increase_ci=metrics.percentile_interval(boot_icl[:, 1], icl_quant - icl_fp),
-        correlation_ci=metrics.percentile_interval(_pearson_rows(boot_fp, boot_quant), correlation))
+        correlation_ci=metrics.percentile_interval(_pearson_rows(boot_fp, boot_quant), correlation),
+        relative_threshold_ci=metrics.percentile_interval(_relative_cut(boot_fp), apply_rule("relative", fp, quant).detect_threshold))
+
+
+def _relative_cut(boot: "np.ndarray") -> "np.ndarray":
+    """The relative rule's cut, mean + 2σ (population σ) over all heads, per resample: (R,)."""
+    flat = boot.reshape(len(boot), -1)
+    return flat.mean(axis=1) + 2 * flat.std(axis=1)
 
 
 def _head_bounds(boot: "np.ndarray") -> PerHeadBounds:
@@ -338,8 +362,8 @@ def icl_losses(capture: Capture, half: int) -> Float[Tensor, "batch"]:
 THRESHOLDS = (
     Threshold("min_induction_survival", 1.0, "fraction, in [0, 1]",
               "fraction of FP induction heads that survive (1.0 = every head)"),
-    Threshold("max_icl_loss_increase", 0.25, "nats/token",
-              "max rise of the loss on the repeated half of [BOS, A, A]"),
+    Threshold("max_icl_loss_increase", None, "nats/token",
+              "max rise of the loss on the repeated half of [BOS, A, A]", suggested=0.25),
     Threshold("induction_rule", "fixed", "rule",
               f"which detection/survival rule: fixed (> {FIXED_THRESHOLD} before and after) or relative "
               f"(mean + 2 sigma of FP scores, survival above half of it)", choices=RULES),
@@ -354,4 +378,6 @@ ANALYSIS = Analysis(
     name="circuits", version=1, prompt_set="induction", compare=_compare, thresholds=THRESHOLDS,
     title="analysis 5, induction-head survival and in-context loss",
     metrics={"correlation": UP, "icl_loss_quant": DOWN, "icl_loss_increase": DOWN_DIFF,
-             "survived": UP, "survival": UP, "n_survived": UP})
+             "survived": UP, "survival": UP, "n_survived": UP},
+    # the fixed rule's cuts are the setting 0.4; the relative rule's are measured (mean + 2σ)
+    unmeasured=frozenset({"n_sequences", "half", "fixed.detect_threshold", "fixed.survive_threshold"}))

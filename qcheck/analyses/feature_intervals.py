@@ -7,12 +7,17 @@ recomputes, from per-prompt sums, each top feature's FP and quantized mean, its 
 recall, and the summary's mean r, activation recall, FVE and L0: one matrix product of prompt
 counts with those sums per value. FP and quantized values of a prompt share the draws.
 
-The top-k shares (positions, token overlap) and survival get no interval. A feature's top 10 is
-defined relative to the sample: with other prompts, or a prompt drawn twice, it reaches other
-(weaker, nearer the TopK cut) activations, so a resample measures another quantity, not the same
-one with noise. Measured on zoo-gpt2-2l48 gptq-w4 (point survival 0.95): the bootstrap gave
-[0.3, 1.0], the low resamples being those where many sparse features' top 10 was most of their
-active positions. Their verdict stays two-way on the point value.
+The same resampling gives the basis's dead fraction and the counts of alive and dense features.
+
+The top-k shares (positions, token overlap) and survival are not resampled over the prompts. A
+feature's top 10 is defined relative to the sample: with other prompts, or a prompt drawn twice,
+it reaches other (weaker, nearer the TopK cut) activations, so a resample measures another
+quantity, not the same one with noise. Measured on zoo-gpt2-2l48 gptq-w4 (point survival 0.95):
+the prompt bootstrap gave [0.3, 1.0], the low resamples being those where many sparse features'
+top 10 was most of their active positions. They get a binomial (Wilson) interval instead
+(qcheck/metrics.py `wilson_interval`): a share over the feature's top positions (or its distinct
+token ids there), survival over the top features, each unit read as one draw of the rate the
+count estimates. It says how much k of n can tell, not how the prompts were sampled.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from qcheck import metrics
 
 
 def top_shares(h_fp: Float[Tensor, "n_pos n_feat"], h_quant: Float[Tensor, "n_pos n_feat"],
-               token_ids: Int[Tensor, "n_pos"], *, k: int, slack: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per feature (column): (positions share, token-id overlap, n_top), float64, float64, long.
+               token_ids: Int[Tensor, "n_pos"], *, k: int, slack: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per feature (column): (positions share, token-id overlap, n_top, n_ids), float64, float64,
+    long, long; n_ids is the number of distinct token ids at the FP top positions (the overlap's
+    denominator).
 
     A feature's FP top positions are the first min(k, n active) of its stable descending FP order
     (ties to the earlier position); positions share = the fraction of them whose quantized rank is
@@ -52,8 +59,9 @@ def top_shares(h_fp: Float[Tensor, "n_pos n_feat"], h_quant: Float[Tensor, "n_po
     repeat = ((ids_fp[:, None] == ids_fp[None, :]) & fp_valid[None, :] & earlier).any(dim=1)
     distinct_fp = fp_valid & ~repeat                                                    # first copy of each id
     in_quant = ((ids_fp[:, None] == ids_q[None, :]) & q_valid[None, :]).any(dim=1)
-    overlap = (distinct_fp & in_quant).sum(dim=0).double() / distinct_fp.sum(dim=0).double()
-    return positions, overlap, n_top
+    n_ids = distinct_fp.sum(dim=0)
+    overlap = (distinct_fp & in_quant).sum(dim=0).double() / n_ids.double()
+    return positions, overlap, n_top, n_ids
 
 
 def prompt_counts(n_prompts: int, *, seed: int, n_resamples: int) -> np.ndarray:

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from qcheck import metrics
 from qcheck.analyses import feature_intervals as fi
-from qcheck.analyses._common import check_same_inputs, fails_min, fmt, listing, worst_first
+from qcheck.analyses._common import check_same_inputs, fmt, listing, show, worst_first
 from qcheck.analyses.base import Analysis, Context, Headline, Threshold, UP
 from qcheck.capture import Capture
 from qcheck.sae.hooks import capture_key
@@ -86,7 +86,8 @@ def distinct_rows(acts: Float[Tensor, "n_tokens d_model"]) -> Tensor:
 @dataclass(frozen=True)
 class FeatureResult:
     """Per top feature (by FP mean activation, best first): features (SAE ids); fp_mean /
-    quant_mean (mean activation, SAE units); n_top (its FP top positions, ≤ 10); positions (the
+    quant_mean (mean activation, SAE units); n_top (its FP top positions, ≤ 10); n_ids (the distinct
+    token ids at them); positions (the
     share of them among its quantized top positions, qcheck's rule); token_overlap (the study's
     |FP ids ∩ quant ids| / |FP ids|); pearson (FP vs quantized activation over positions; 0 if the quantized
     one became constant); recall (fraction of its FP-active positions still active).
@@ -98,6 +99,7 @@ class FeatureResult:
     fp_mean: tuple[float, ...]
     quant_mean: tuple[float, ...]
     n_top: tuple[int, ...]
+    n_ids: tuple[int, ...]
     positions: tuple[float, ...]
     token_overlap: tuple[float, ...]
     pearson: tuple[float, ...]
@@ -112,9 +114,10 @@ class FeatureResult:
     rule: str = "positions"
     # the basis measured in (results.json tests[].basis): digest, origin, hook and shape
     basis: dict | None = field(default=None, compare=False)
-    # 95 % bootstrap bounds over the prompts (qcheck/analyses/feature_intervals.py), keyed like
-    # as_baseline: {"features": {F<id>: {metric: (low, high)}}, "summary": {metric: (low, high)}};
-    # None without prompt ids
+    # 95 % bootstrap bounds over the prompts of the smooth values (qcheck/analyses/feature_intervals.py),
+    # keyed like as_baseline: {"features": {F<id>: {metric: (low, high)}}, "summary": {metric: (low,
+    # high)}}; None without prompt ids. The top-k shares and survival have Wilson intervals (`shares_ci`,
+    # `survival_ci`), computed from the counts.
     bounds: dict | None = field(default=None, compare=False)
 
     def shares_by(self, rule: str) -> tuple[float, ...]:
@@ -131,6 +134,16 @@ class FeatureResult:
     def survival_by(self, rule: str) -> float:
         """Fraction of the top features that survive under `rule`, in [0, 1]."""
         return sum(self.survived_by(rule)) / len(self.features)
+
+    def survival_ci_by(self, rule: str) -> metrics.Interval:
+        """The 95 % Wilson interval of survival_by(rule), the top features as the units."""
+        return metrics.wilson_interval(sum(self.survived_by(rule)), len(self.features))
+
+    def shares_ci_by(self, rule: str) -> list[metrics.Interval]:
+        """Per feature, the 95 % Wilson interval of its share under `rule`: over its n_top top
+        positions (positions), or over its n_ids distinct token ids there (study)."""
+        trials = self.n_top if rule == "positions" else self.n_ids
+        return [metrics.wilson_interval(round(share * n), n) for share, n in zip(self.shares_by(rule), trials)]
 
     @property
     def survived(self) -> tuple[bool, ...]:
@@ -154,25 +167,52 @@ class FeatureResult:
             return [Failure("sae_basis_quality", "the SAE basis misses its quality targets on the FP "
                             "activations (" + "; ".join(misses) + "): feature survival in it says little "
                             "about features; retrain it or pass a better one with --qcheck-sae")]
-        # two-way on the point value: a top-k share has no bootstrap interval (feature_intervals.py)
-        if not fails_min(self.survival, thresholds.min_feature_survival):
+        ci = self.survival_ci_by(self.rule)
+        side = "pass" if thresholds.min_feature_survival is None else ci.side(thresholds.min_feature_survival,
+                                                                               minimum=True)
+        if side == "pass":
             return []
         lost = [i for i, ok in enumerate(self.survived) if not ok]
         ranked = worst_first(lost, lambda i: self.shares_by(self.rule)[i], high_is_bad=False)
         rule_text = (f"keep >= 80% of their top-10 positions within the top {RANK_SLACK * TOP_POSITIONS}" if self.rule == "positions"
                      else "keep >= 80% of the token ids at their top-10 positions, the study's rule")
-        return [Failure("min_feature_survival", f"SAE feature survival {fmt(self.survival)} < "
-                        f"{fmt(thresholds.min_feature_survival)} ({sum(self.survived)}/{len(self.features)} "
-                        f"{rule_text}): lost " + listing(self._lost(i) for i in ranked), self.survival)]
+        borderline = side == "borderline"
+        relation = "straddles" if borderline else "<"
+        lost_text = ("; lost " + listing(self._lost(i) for i in ranked)) if lost else ""
+        return [Failure("min_feature_survival", f"{'borderline: ' if borderline else ''}SAE feature survival "
+                        f"{show(ci.estimate, (ci.low, ci.high))} {relation} {fmt(thresholds.min_feature_survival)} "
+                        f"({sum(self.survived)}/{len(self.features)} {rule_text}; Wilson interval over the "
+                        f"{len(self.features)} features){lost_text}", self.survival, borderline=borderline)]
 
     def intervals(self) -> dict:
-        """[low, high] per top feature and for the summary, keyed like as_baseline, for the smooth
-        values; the top-k shares and survival have none (qcheck/analyses/feature_intervals.py)."""
+        """[low, high] per top feature and for the summary, keyed like as_baseline: the smooth values
+        and the basis counts by a bootstrap over the prompts (when built with prompt ids), the top-k
+        shares and survival by Wilson intervals over their units (feature_intervals.py says why)."""
+        wilson = {rule: self.shares_ci_by(rule) for rule in RULES}
+        per_feature = {feature_key(f): {"positions": wilson["positions"][i].bounds(),
+                                        "token_overlap": wilson["study"][i].bounds()}
+                       for i, f in enumerate(self.features)}
+        n = len(self.features)
+        survival = {rule: self.survival_ci_by(rule) for rule in RULES}
+        dead = metrics.wilson_interval(round(self.fp.dead_fraction * self.fp.d_sae), self.fp.d_sae)
+        summary = {"survival": survival[self.rule].bounds(), "survival_positions": survival["positions"].bounds(),
+                   "survival_study": survival["study"].bounds(),
+                   "n_survived": [b * n for b in survival[self.rule].bounds()],
+                   "dead_fraction_fp": dead.bounds(),
+                   "n_alive": [(1 - b) * self.fp.d_sae for b in reversed(dead.bounds())]}
+        out = {"confidence": metrics.CONFIDENCE, "unit": "prompt",
+               "wilson": {"metrics": ["positions", "token_overlap", *summary],
+                          "units": "positions: the feature's top positions; token_overlap: its distinct token "
+                                   "ids there; survival, n_survived: the top features; dead_fraction_fp, "
+                                   "n_alive: the basis's features"},
+               "features": per_feature, "summary": summary}
         if self.bounds is None:
-            return {}
-        return {"confidence": metrics.CONFIDENCE, "seed": metrics.BOOTSTRAP_SEED, "unit": "prompt",
-                "features": {key: {m: list(b) for m, b in bounds.items()} for key, bounds in self.bounds["features"].items()},
-                "summary": {m: list(b) for m, b in self.bounds["summary"].items()}}
+            return out
+        out["seed"] = metrics.BOOTSTRAP_SEED
+        for key, bounds in self.bounds["features"].items():
+            per_feature[key].update({m: list(b) for m, b in bounds.items()})
+        summary.update({m: list(b) for m, b in self.bounds["summary"].items()})
+        return out
 
     def notes(self) -> list[str]:
         if self.fp.dead_fraction > MAX_DEAD_FRACTION:
@@ -248,12 +288,13 @@ def compare_features(sae: SAE, fp_acts: Float[Tensor, "n_tokens d_in"], quant_ac
                          f"positions): the basis has no sparse feature to follow")
     ranking = torch.sort(torch.where(ranked, fp_mean, -torch.inf), descending=True, stable=True).indices
     top = ranking[: min(TOP_FEATURES, int(ranked.sum()))].tolist()
-    positions, overlap, n_top = fi.top_shares(h_fp[:, top], h_quant[:, top], token_ids, k=TOP_POSITIONS,
-                                              slack=RANK_SLACK)
+    positions, overlap, n_top, n_ids = fi.top_shares(h_fp[:, top], h_quant[:, top], token_ids,
+                                                     k=TOP_POSITIONS, slack=RANK_SLACK)
 
     result = FeatureResult(
         features=tuple(top), fp_mean=tuple(fp_mean[top].tolist()), quant_mean=tuple(quant_mean[top].tolist()),
-        n_top=tuple(n_top.tolist()), positions=tuple(positions.tolist()), token_overlap=tuple(overlap.tolist()),
+        n_top=tuple(n_top.tolist()), n_ids=tuple(n_ids.tolist()), positions=tuple(positions.tolist()),
+        token_overlap=tuple(overlap.tolist()),
         pearson=tuple(r[top].tolist()), recall=tuple(recall[top].tolist()), mean_pearson_alive=float(r[alive].mean()),
         activation_recall=float(kept[alive].sum() / active_fp.sum()),
         fp=basis_quality(sae, fp_acts), quant=basis_quality(sae, quant_acts), n_alive=int(alive.sum()),
@@ -301,8 +342,13 @@ def _bootstrap_bounds(sae: SAE, result: FeatureResult, fp_acts, quant_acts, h_fp
 
     per_feature = {"fp_mean": sums["x"][:, in_top] / n, "quant_mean": sums["y"][:, in_top] / n,
                    "pearson": r[:, in_top], "recall": recall[:, in_top]}
+    # a feature is dense in a resample when it is active at more than DENSE_FRACTION of its
+    # positions. (Alive and dead counts are not resampled: a resample holds ~63 % of the distinct
+    # prompts, so fewer features fire anywhere in it, and its interval would miss the point value.)
+    counts_summary = {"n_dense": (sums["active_fp"] / n > DENSE_FRACTION).sum(axis=1)}
     summary = {"mean_pearson_top": np.nanmean(r[:, in_top], axis=1),
-               "mean_pearson_alive": np.nanmean(r, axis=1), "activation_recall": activation_recall, **quality}
+               "mean_pearson_alive": np.nanmean(r, axis=1), "activation_recall": activation_recall, **quality,
+               **counts_summary}
 
     def bounds(samples: np.ndarray) -> tuple[float, float]:
         low, high = np.nanpercentile(samples, [2.5, 97.5], axis=0)
@@ -340,8 +386,9 @@ def basis_record(sae: SAE) -> dict:
 
 # --- the analysis ---------------------------------------------------------------------------
 THRESHOLDS = (
-    Threshold("min_feature_survival", 0.8, "fraction, in [0, 1]",
-              f"fraction of the top-{TOP_FEATURES} SAE features that survive under the feature survival rule"),
+    Threshold("min_feature_survival", None, "fraction, in [0, 1]",
+              f"fraction of the top-{TOP_FEATURES} SAE features that survive under the feature survival rule",
+              suggested=0.8),
     Threshold("feature_survival_rule", "positions", "rule",
               f"which survival rule: positions (>= {MIN_OVERLAP:.0%} of a feature's top-{TOP_POSITIONS} positions "
               f"kept) or study (>= {MIN_OVERLAP:.0%} of the token ids at them, the study's code)", choices=RULES),
@@ -360,4 +407,5 @@ ANALYSIS = Analysis(
              "survival": UP, "survival_positions": UP, "survival_study": UP, "n_survived": UP, "pearson": UP,
              "recall": UP, "activation_recall": UP, "mean_pearson_top": UP, "mean_pearson_alive": UP,
              "fve_quant": UP},
+    unmeasured=frozenset({"n_positions", "rank", "n_top", "n_features"}),
     headline=Headline("survival", "SAE survival", digits=2))

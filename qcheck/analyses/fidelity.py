@@ -51,7 +51,8 @@ class FidelityResult:
     """kl: mean KL(FP ‖ quant) of the next-token distribution over real positions, nats;
     top1: fraction of real positions where the argmax agrees; loss_fp / loss_quant: mean
     next-token cross-entropy, nats/token (perplexity = exp(loss)); loss_increase_ci: its seeded
-    bootstrap interval over the prompts; kl_ci, top1_ci likewise (None: no per-prompt values)."""
+    bootstrap interval over the prompts; kl_ci, top1_ci, loss_fp_ci, loss_quant_ci likewise (None:
+    no per-prompt values); a perplexity's interval is exp of its loss's (exp is monotone)."""
 
     kl: float
     top1: float
@@ -62,6 +63,8 @@ class FidelityResult:
     n_targets: int
     kl_ci: metrics.Interval | None = None
     top1_ci: metrics.Interval | None = None
+    loss_fp_ci: metrics.Interval | None = None
+    loss_quant_ci: metrics.Interval | None = None
 
     @property
     def loss_increase(self) -> float:
@@ -104,9 +107,13 @@ class FidelityResult:
         """[low, high] of the summary values (the loss increase paired over the prompts)."""
         if self.kl_ci is None:
             return {}
-        return {"confidence": self.loss_increase_ci.confidence, "unit": "prompt",
-                "summary": {"kl": self.kl_ci.bounds(), "top1": self.top1_ci.bounds(),
-                            "loss_increase": self.loss_increase_ci.bounds()}}
+        summary = {"kl": self.kl_ci.bounds(), "top1": self.top1_ci.bounds(),
+                   "loss_increase": self.loss_increase_ci.bounds()}
+        for side, ci in (("fp", self.loss_fp_ci), ("quant", self.loss_quant_ci)):
+            if ci is not None:
+                summary[f"loss_{side}"] = ci.bounds()
+                summary[f"perplexity_{side}"] = [math.exp(b) for b in (ci.low, ci.high)]
+        return {"confidence": self.loss_increase_ci.confidence, "unit": "prompt", "summary": summary}
 
     def notes(self) -> list[str]:
         return []
@@ -133,7 +140,7 @@ def compare_outputs(fp: Capture, quant: Capture, *, seed: int = BOOTSTRAP_SEED) 
     # the means are the same as over one (n_real, d_vocab) matrix.
     kl, top1, loss_fp, loss_quant = [], [], [], []
     n_prompts = fp.mask.shape[0]
-    sums = torch.zeros(n_prompts, 3, dtype=torch.float64)   # per prompt Σ kl, Σ top1, Σ loss increase
+    sums = torch.zeros(n_prompts, 5, dtype=torch.float64)   # per prompt Σ kl, Σ top1, Σ loss increase, Σ losses
     for (rows, fp_logits), (_, quant_logits) in zip(fp.logit_chunks(0, width), quant.logit_chunks(0, width)):
         mask, tokens = fp.mask[rows], fp.tokens[rows]
         a, b = fp_logits[mask], quant_logits[mask]  # (n_real, d_vocab)
@@ -146,28 +153,34 @@ def compare_outputs(fp: Capture, quant: Capture, *, seed: int = BOOTSTRAP_SEED) 
         sums[:, 0] += unit_sums(kl[-1], prompt[mask], n_prompts)
         sums[:, 1] += unit_sums(top1[-1], prompt[mask], n_prompts)
         sums[:, 2] += unit_sums(loss_quant[-1] - loss_fp[-1], target_prompt, n_prompts)
+        sums[:, 3] += unit_sums(loss_fp[-1], target_prompt, n_prompts)
+        sums[:, 4] += unit_sums(loss_quant[-1], target_prompt, n_prompts)
     kl, top1, loss_fp, loss_quant = map(torch.cat, (kl, top1, loss_fp, loss_quant))
     if len(loss_fp) == 0:
         raise ValueError("no prompt has two real tokens: nothing to predict")
     positions = fp.mask.sum(dim=1).double()
     targets = (fp.mask[:, 1:] & fp.mask[:, :-1]).sum(dim=1).double()
     boot_positions = metrics.bootstrap_means(sums[:, :2], positions, seed=seed)    # (R, 2)
-    boot_targets = metrics.bootstrap_means(sums[:, 2:], targets, seed=seed)[:, 0]  # (R,): same draws
+    boot_targets = metrics.bootstrap_means(sums[:, 2:], targets, seed=seed)       # (R, 3): same draws
     point_kl, point_top1 = float(kl.mean()), float(top1.mean())
     increase = float(loss_quant.mean()) - float(loss_fp.mean())
     return FidelityResult(kl=point_kl, top1=point_top1,
                           loss_fp=float(loss_fp.mean()), loss_quant=float(loss_quant.mean()),
-                          loss_increase_ci=metrics.percentile_interval(boot_targets, increase),
+                          loss_increase_ci=metrics.percentile_interval(boot_targets[:, 0], increase),
                           n_positions=len(kl), n_targets=len(loss_fp),
                           kl_ci=metrics.percentile_interval(boot_positions[:, 0], point_kl),
-                          top1_ci=metrics.percentile_interval(boot_positions[:, 1], point_top1))
+                          top1_ci=metrics.percentile_interval(boot_positions[:, 1], point_top1),
+                          loss_fp_ci=metrics.percentile_interval(boot_targets[:, 1], float(loss_fp.mean())),
+                          loss_quant_ci=metrics.percentile_interval(boot_targets[:, 2], float(loss_quant.mean())))
 
 
 # --- the analysis ---------------------------------------------------------------------------
 THRESHOLDS = (
-    Threshold("max_final_kl", 0.05, "nats", "mean KL(FP || quant) of the final next-token distribution"),
-    Threshold("min_top1_agreement", 0.9, "fraction, in [0, 1]", "top-1 agreement of the final predictions"),
-    Threshold("max_loss_increase", 0.05, "nats/token", "rise of the held-out next-token loss"),
+    Threshold("max_final_kl", None, "nats", "mean KL(FP || quant) of the final next-token distribution",
+              suggested=0.05),
+    Threshold("min_top1_agreement", None, "fraction, in [0, 1]", "top-1 agreement of the final predictions",
+              suggested=0.9),
+    Threshold("max_loss_increase", None, "nats/token", "rise of the held-out next-token loss", suggested=0.05),
 )
 
 
@@ -181,4 +194,5 @@ ANALYSIS = Analysis(
     # low / high: the bounds of loss_increase_ci
     metrics={"kl": DOWN_DIFF, "top1": UP, "loss_quant": DOWN, "perplexity_quant": DOWN,
              "loss_increase": DOWN_DIFF, "low": DOWN_DIFF, "high": DOWN_DIFF},
+    unmeasured=frozenset({"n_positions", "n_targets"}),
     headline=Headline("kl", "final KL", scientific=True))

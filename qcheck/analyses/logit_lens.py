@@ -100,9 +100,10 @@ def compare_logit_lens(fp: Capture, quant: Capture) -> LogitLensResult:
 
 # --- the analysis ---------------------------------------------------------------------------
 THRESHOLDS = (
-    Threshold("max_lens_kl", 0.1, "nats", "max over layers of mean KL(FP || quant) of the lens predictions"),
-    Threshold("min_lens_top5", 0.8, "fraction, in [0, 1]",
-              "min over layers of the top-5 agreement of the lens predictions"),
+    Threshold("max_lens_kl", None, "nats", "max over layers of mean KL(FP || quant) of the lens predictions",
+              suggested=0.1),
+    Threshold("min_lens_top5", None, "fraction, in [0, 1]",
+              "min over layers of the top-5 agreement of the lens predictions", suggested=0.8),
 )
 
 
@@ -114,4 +115,5 @@ ANALYSIS = Analysis(
     name="logit_lens", version=1, prompt_set="lens", compare=_compare, thresholds=THRESHOLDS,
     title="analysis 4, per-layer logit-lens KL and top-k agreement",
     metrics={"kl": DOWN_DIFF, "max_kl": DOWN_DIFF, "final_kl": DOWN_DIFF,
-             "top1": UP, "top5": UP, "min_top1": UP, "min_top5": UP})
+             "top1": UP, "top5": UP, "min_top1": UP, "min_top5": UP},
+    unmeasured=frozenset({"n_prompts"}))

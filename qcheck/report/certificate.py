@@ -6,11 +6,13 @@
      "seeds": {...}, "environment": {device, versions}, "issued": ISO time,
      "analyses": {"circuits": {"verdict": "pass" | "fail" | null, "outcome": pytest's,
                                "reasons": [...], "notes": [...], "expected_failure": reason | null,
-                               "thresholds": {...}, "test": node id}, ...},
+                               "thresholds": {...}, "gated": [keys], "not_gated": [keys],
+                               "test": node id}, ...},
      "not_run": [analyses of the suite that did not run for this pair]}
 
-"certified" means every analysis that ran met its thresholds; it certifies those analyses only
-(`not_run` lists the others). "incomplete" means an analysis ran but produced no result (an
+"certified" means every analysis that ran met its gated thresholds; it certifies those analyses
+and criteria only (`not_run` lists the other analyses; `not_gated` the thresholds that judged
+nothing, reported numbers with no grounded default: docs/thresholds.md). "incomplete" means an analysis ran but produced no result (an
 error before its verdict). A declared expected failure is still "not certified": the claim
 failed, as expected.
 """
@@ -36,8 +38,9 @@ def certificate(pair_id: str, pair: dict | None, tests: list[dict], results: dic
     analyses = {t["analysis"]: {"verdict": t["verdict"], "outcome": t["outcome"], "reasons": t["failures"],
                                 "borderline": t.get("borderline", []),
                                 "summary_intervals": (t.get("intervals") or {}).get("summary", {}),
+                                "noise_floor": ((t.get("noise_floor") or {}).get("metrics") or {}).get("summary"),
                                 "notes": t["notes"], "expected_failure": t["expected_failure"],
-                                "thresholds": t["thresholds"], "test": t["nodeid"]}
+                                "thresholds": t["thresholds"], **gates(t), "test": t["nodeid"]}
                 for t in sorted(tests, key=_suite_order)}
     verdicts = [a["verdict"] for a in analyses.values()]
     verdict = ("incomplete" if None in verdicts else "not certified" if "fail" in verdicts
@@ -50,6 +53,15 @@ def certificate(pair_id: str, pair: dict | None, tests: list[dict], results: dic
             "environment": {"device": environment["device"], "versions": environment["versions"]},
             "issued": results["run"]["finished"], "analyses": analyses,
             "not_run": [a for a in ANALYSES if a not in analyses]}
+
+
+def gates(test: dict) -> dict[str, list[str]]:
+    """Which of the analysis's thresholds judged the verdict (`gated`) and which are reported only
+    (`not_gated`: None, no grounded default and none set; qcheck/thresholds.py)."""
+    analysis, values = ANALYSES.get(test["analysis"]), test.get("thresholds") or {}
+    keys = [t.key for t in analysis.thresholds if not t.is_setting] if analysis else []
+    return {"gated": [k for k in keys if values.get(k) is not None],
+            "not_gated": [k for k in keys if k in values and values[k] is None]}
 
 
 def _suite_order(test: dict) -> tuple:

@@ -80,6 +80,13 @@ def render_index(results: dict, *, tables: list[Table], failures: list[str], cer
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
+def _gated_text(analysis: dict) -> str:
+    """Which thresholds judged the verdict; the rest are reported only (certificate.py `_gates`)."""
+    gated, ungated = analysis.get("gated") or [], analysis.get("not_gated") or []
+    text = ", ".join(gated) if gated else "no threshold"
+    return text + (f" (reported only: {', '.join(ungated)})" if ungated else "")
+
+
 def _pair_section(pair_id: str, cert: dict, slug: str, plots: list[tuple[str, str]]) -> str:
     rows = []
     for analysis, a in cert["analyses"].items():
@@ -88,7 +95,7 @@ def _pair_section(pair_id: str, cert: dict, slug: str, plots: list[tuple[str, st
         reasons = "; ".join(a["reasons"] + [f"note: {n}" for n in a["notes"]])
         rows.append(f"<tr><td class='l'>{_e(analysis)}</td><td class='l {VERDICT_CLASS.get(verdict, 'fail')}'>"
                     f"{_e(verdict)}</td><td class='l{' xfail' if a['expected_failure'] else ''}'>{_e(outcome)}"
-                    f"</td><td class='l'>{_e(reasons)}</td></tr>")
+                    f"</td><td class='l'>{_e(_gated_text(a))}</td><td class='l'>{_e(reasons)}</td></tr>")
     model, quant = cert["model"], cert["quant"]
     facts = []
     if model and quant:
@@ -107,7 +114,7 @@ def _pair_section(pair_id: str, cert: dict, slug: str, plots: list[tuple[str, st
             f"{_e(cert['verdict'])}</span></h2><p class='meta'>{' · '.join(facts)} · "
             f"<a href='{_e(slug)}/certificate.json'>certificate.json</a></p>"
             f"<table><thead><tr><th class='l'>analysis</th><th class='l'>verdict</th><th class='l'>outcome"
-            f"</th><th class='l'>reasons</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            f"</th><th class='l'>gated by</th><th class='l'>reasons</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
             f"<div class='plots'>{figures}</div>")
 
 

@@ -17,6 +17,7 @@ from matplotlib.patches import Patch
 
 from qcheck.analyses.attention import PREV_TOKEN_THRESHOLD
 from qcheck.analyses.features import MIN_OVERLAP, TOP_POSITIONS
+from qcheck.report.certificate import gates
 from qcheck.report.table import fmt_params, method_order
 
 FP_COLOR, QUANT_COLOR, BAD, GOOD, OTHER = "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9a9a9a"
@@ -51,6 +52,8 @@ def plot_test(test: dict, title: str) -> Figure | None:
         return None
     figure = plotter(test["metrics"], test.get("thresholds") or {})
     verdict = {"pass": "threshold verdict: pass", "fail": "threshold verdict: FAIL"}.get(test["verdict"], "")
+    if test["verdict"] == "pass" and not gates(test)["gated"]:
+        verdict = "no threshold gated: values reported"
     figure.suptitle(f"{title} — {test['analysis']}   ({verdict})", fontsize=11,
                     color=BAD if test["verdict"] == "fail" else "black")
     return figure
@@ -74,6 +77,11 @@ def _layer_axis(ax, layers: list[int]) -> None:
     ax.set_xlabel("layer")
     ax.set_xticks(layers)
     ax.grid(alpha=0.3)
+
+
+def _limit(word: str, value: float | None, spec: str = "g") -> str:
+    """'max 0.05' in a title; 'not gated' for a threshold of None (qcheck/thresholds.py)."""
+    return "not gated" if value is None else f"{word} {value:{spec}}"
 
 
 def _hline(ax, y: float | None, label: str) -> None:
@@ -196,7 +204,7 @@ def plot_features(metrics: dict, thresholds: dict) -> Figure:
     ax.set(ylabel=f"share of top-{TOP_POSITIONS} kept", ylim=(0, 1.3), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0],
            xticks=list(x), xticklabels=names,
            title=f"survival ({rule} rule) {summary['n_survived']}/{summary['n_features']} "
-                 f"(need {thresholds.get('min_feature_survival', math.nan):.0%})")
+                 f"({_limit('need', thresholds.get('min_feature_survival'), '.0%')})")
     ax2.bar([i - 0.2 for i in x], [v["pearson"] or 0.0 for _, v in features], width=0.4, color=colors)
     ax2.bar([i + 0.2 for i in x], [v["recall"] for _, v in features], width=0.4, color=colors, alpha=0.5)
     ax2.set(ylabel="FP vs quantized", ylim=(min(0, *(v["pearson"] or 0 for _, v in features)), 1.3),
@@ -242,8 +250,7 @@ def plot_fidelity(metrics: dict, thresholds: dict) -> Figure:
     figure, (ax,) = _figure(1, width=4.6, height=3.9)
     ax.bar(["FP", "quantized"], [s["loss_fp"], s["loss_quant"]], color=[FP_COLOR, QUANT_COLOR])
     ci = s["loss_increase_ci"]
-    limits = (f"max {thresholds['max_final_kl']:g}" if "max_final_kl" in thresholds else "",
-              f"min {thresholds['min_top1_agreement']:g}" if "min_top1_agreement" in thresholds else "")
+    limits = (_limit("max", thresholds.get("max_final_kl")), _limit("min", thresholds.get("min_top1_agreement")))
     ax.set(ylabel="next-token loss, nats/token",
            title=f"loss +{s['loss_increase']:.3g} nats (95% CI {ci['low']:.2g}..{ci['high']:.2g})\n"
                  f"final KL {s['kl']:.3g} nats ({limits[0]}) · top-1 {s['top1']:.3f} ({limits[1]})")

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from qcheck.analyses import ANALYSES
+from qcheck.noise_floor import SOURCE as NOISE_SOURCE
 from qcheck.report.schema import OUTCOMES, SCHEMA_ID, SCHEMA_VERSION
 from qcheck.verdict import is_borderline
 
@@ -121,7 +122,7 @@ def entry_for_pair(pair, worker: str) -> dict:
 
 def entry_for_test(*, nodeid: str, case, analysis: str, outcome: str, result=None,
                 thresholds=None, expected_failure: str | None = None, device: str | None = None,
-                duration: float = 0.0, borderline: str = "pass") -> dict:
+                duration: float = 0.0, borderline: str = "pass", noise_floor: dict | None = None) -> dict:
     """One test of a case (qcheck/pair.py Case): its outcome, and if it recorded a result, the
     verdict, every metric and its interval. A borderline criterion (qcheck/verdict.py) is listed
     under `borderline`, and fails the verdict only when `borderline` is "fail"
@@ -152,7 +153,9 @@ def entry_for_test(*, nodeid: str, case, analysis: str, outcome: str, result=Non
         "criteria": criteria, "notes": notes,
         "expected_failure": expected_failure,
         "thresholds": thresholds.as_dict() if thresholds is not None else None,
-        "device": device, "metrics": metrics, "intervals": intervals, "basis": basis, "duration": duration})
+        "device": device, "metrics": metrics, "intervals": intervals, "basis": basis,
+        "noise_floor": None if noise_floor is None else {"source": NOISE_SOURCE, "metrics": noise_floor},
+        "duration": duration})
 
 
 def outcome_of(phases: dict[str, Any]) -> str:

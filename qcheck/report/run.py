@@ -10,6 +10,7 @@ call the methods here; nothing imports pytest.
 from __future__ import annotations
 
 import json
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -91,7 +92,8 @@ class ReportRun:
             outcome=outcome_of(seen["phases"]) if seen["phases"] else "error",
             result=result, thresholds=session.thresholds_for(case.model),
             expected_failure=expected.reason if expected else None, device=session.device,
-            duration=sum(p.duration for p in seen["phases"].values()), borderline=session.borderline)
+            duration=sum(p.duration for p in seen["phases"].values()), borderline=session.borderline,
+            noise_floor=session.noise_floors.get((case.model, analysis)))
 
     def worker_output(self, session) -> str:
         return dumps(self.partial(session))
@@ -144,6 +146,12 @@ class ReportRun:
             more = [f"  ... and {len(undecided) - MAX_FAILED} more"] if len(undecided) > MAX_FAILED else []
             lines += ["borderline verdicts (the 95% interval straddles the threshold; "
                       "--qcheck-borderline=fail fails them):", *shown, *more, ""]
+        ungated = ungated_keys(self.results)
+        if ungated:
+            lines += ["reported, not gated (no grounded default: docs/thresholds.md; gate one with "
+                      "--qcheck-threshold KEY=VALUE):",
+                      *textwrap.wrap(", ".join(ungated), max(width, MIN_WIDTH), initial_indent="  ",
+                                     subsequent_indent="  "), ""]
         expected = failed_lines(self.results, expected=True)
         if expected:
             lines += [f"{len(expected)} declared expected failures failed as expected "
@@ -155,6 +163,14 @@ class ReportRun:
         if self.directory is not None:
             lines.append(f"report: {self.directory / 'index.html'}")
         return lines
+
+
+def ungated_keys(results: dict) -> list[str]:
+    """The thresholds that judged nothing in some test of the run (None), in declaration order."""
+    from qcheck.thresholds import DECLARED
+
+    seen = {key for t in results["tests"] for key, value in (t.get("thresholds") or {}).items() if value is None}
+    return [key for key in DECLARED if key in seen]
 
 
 def quantizer_notes(results: dict) -> list[str]:

@@ -107,11 +107,16 @@ TEST = _obj("One certification test (one analysis of one pair).", {
     "basis": {"type": ["object", "null"],
               "description": "features: the SAE basis measured in (digest, origin, hook, architecture, "
                              "d_in, d_sae, k); null for the other analyses"},
+    "noise_floor": {"type": ["object", "null"],
+                    "description": "the analysis between the FP model in float32 and in float64 "
+                                   "(qcheck/noise_floor.py): {source, metrics keyed like `metrics`}; null "
+                                   "when not measured (--qcheck-noise-floor)"},
     "duration": {**_NUM, "minimum": 0, "description": "volatile: seconds, setup + call + teardown"},
 })
 
 TEST["required"].remove("criteria")  # added in qcheck 0.1: older results.json files lack it
-for _key in ("borderline", "intervals", "basis"):  # added with the three-way verdicts and the SAE basis
+for _key in ("borderline", "intervals", "basis", "noise_floor"):  # added with the three-way verdicts,
+    # the SAE basis and the noise floor
     TEST["required"].remove(_key)
 TEST["properties"]["criteria"]["items"]["required"].remove("borderline")
 # added later (what the tables read, qcheck/report/table.py): older results.json files lack them too

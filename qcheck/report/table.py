@@ -103,6 +103,15 @@ class Index:
         test = self.tests.get((pair_id, analysis))
         return (test.get("metrics") or {}).get("summary") if test else None
 
+    def floor_summary(self, model: str, analysis: str) -> dict | None:
+        """The summary of the analysis's noise floor on `model` (qcheck/noise_floor.py), from any of
+        its tests; None when not measured."""
+        for (pair_id, name), test in self.tests.items():
+            floor = test.get("noise_floor")
+            if name == analysis and floor and test.get("model", self.model_and_quant(pair_id)[0]) == model:
+                return floor["metrics"].get("summary")
+        return None
+
     def circuits(self, pair_id: str) -> tuple[str, str]:
         """(survival cell, correlation cell) of a pair."""
         test = self.tests.get((pair_id, "circuits"))
@@ -162,9 +171,14 @@ def pair_table(results: dict) -> Table | None:
     index = Index(results)
     if not index.pair_ids:
         return None
-    rows = []
+    rows, floors = [], 0
     for pair_id in index.pair_ids:
         model, quant = index.model_and_quant(pair_id)
+        if not rows or rows[-1][0] != model:   # the model's noise floor first, if measured
+            row = _floor_row(index, model, fmt_params(index.n_params(pair_id)))
+            if row is not None:
+                rows.append(row)
+                floors += 1
         survival, corr = index.circuits(pair_id)
         get = lambda analysis, key: (index.summary(pair_id, analysis) or {}).get(key)  # noqa: E731
         failed = [a for (p, a), t in sorted(index.tests.items()) if p == pair_id and t["verdict"] == "fail"]
@@ -178,9 +192,32 @@ def pair_table(results: dict) -> Table | None:
         rows.append((model, quant, fmt_params(index.n_params(pair_id)), survival, corr, *headlines, verdict))
     headers = ("model", "quant", "params", "induction", "ind. corr", *(h.column for _, h in HEADLINES),
                "threshold verdicts")
-    return Table("Per (model, quantizer)", headers, tuple(rows),
-                 note="mean JSD in bits; final KL(FP‖quant) of the next-token distribution, nats",
-                 left=(0, 1, len(headers) - 1))
+    note = "mean JSD in bits; final KL(FP‖quant) of the next-token distribution, nats"
+    if floors:
+        note += (f"; {FLOOR_LABEL}: the same analyses between the FP model in float32 and in float64, "
+                 f"the values float rounding alone gives")
+    return Table("Per (model, quantizer)", headers, tuple(rows), note=note, left=(0, 1, len(headers) - 1))
+
+
+FLOOR_LABEL = "noise floor"
+
+
+def _floor_row(index: Index, model: str, params: str) -> tuple[str, ...] | None:
+    """The model's noise-floor row of the per-pair table, or None when no floor was measured."""
+    floors = {name: index.floor_summary(model, name) for name in ANALYSES}
+    if not any(floors.values()):
+        return None
+    get = lambda analysis, key: (floors.get(analysis) or {}).get(key)  # noqa: E731
+    headlines = tuple(_sci(get(name, h.key)) if h.scientific else _near_one(get(name, h.key))
+                      for name, h in HEADLINES)
+    return (model, FLOOR_LABEL, params, MISSING, _near_one(get("circuits", "correlation")), *headlines, MISSING)
+
+
+def _near_one(value: float | None) -> str:
+    """A floor's similarity: '1−3e-13' (a cosine of 0.9999999999997 would print as 1.000)."""
+    if value is None:
+        return MISSING
+    return f"1−{1 - value:.0e}" if 0.999 < value < 1 else f"{value:.3f}"
 
 
 def to_text(table: Table) -> list[str]:

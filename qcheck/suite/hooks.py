@@ -151,6 +151,7 @@ def certify(request: pytest.FixtureRequest, pair, thresholds, record, baseline, 
                              f"{marker or 'with no analysis'}: mark it `pytest.mark.{analysis.name}`")
         sae = request.getfixturevalue("sae") if analysis.needs_sae else None
         result = record(analysis.compare(*pair.captures(analysis.prompt_set), Context(thresholds, sae)))
+        qcheck_session.noise_floor(pair, analysis, Context(thresholds, sae))
         expected = qcheck_session.expected_failure(pair.case, analysis.name)
         judgement = judge(result.failures(thresholds), expected and expected.fails,
                           where=" in tests/certify/expected_failures.toml" if expected else "",

@@ -56,6 +56,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qcheck-borderline", default="pass", choices=("pass", "fail"),
                     help="a criterion whose 95%% interval straddles its threshold is borderline: "
                          "pass (default: the test passes and the report names it) or fail.")
+    group.addoption("--qcheck-noise-floor", default="auto", choices=("auto", "on", "off"),
+                    help="measure each analysis between the FP model in float32 and in float64 and report it "
+                         "beside the results (costs a float64 copy of the FP model): auto (default: models up "
+                         "to 100M parameters), on or off. qcheck/noise_floor.py.")
     group.addoption("--qcheck-seeds", default="1", metavar="N",
                     help="draw N independent induction sets of 50 x [BOS, 25 random, same 25] (the induction "
                          "seed, then +1, ...); the circuits intervals are over all 50*N sequences. Default: 1 (the "

@@ -50,6 +50,10 @@ class QcheckSession:
     n_induction_sets: int = 1
     # --qcheck-sae: SAELens SAEs to use as the features basis instead of qcheck's (qcheck/sae/basis.py)
     user_saes: list = field(default_factory=list)
+    # --qcheck-noise-floor: auto, on or off (qcheck/noise_floor.py)
+    noise_floor_mode: str = "auto"
+    # {(model, analysis): as_baseline() of FP float32 vs float64}, for the report
+    noise_floors: dict = field(default_factory=dict, repr=False)
     _memo: dict = field(default_factory=dict, repr=False)
     results: list = field(default_factory=list, repr=False)
     _pair_entries: dict = field(default_factory=dict, repr=False)
@@ -110,6 +114,7 @@ class QcheckSession:
             borderline=config.getoption("--qcheck-borderline"),
             n_induction_sets=_induction_sets(config.getoption("--qcheck-seeds")),
             user_saes=_user_saes(config.getoption("--qcheck-sae"), models, Path(config.invocation_params.dir)),
+            noise_floor_mode=config.getoption("--qcheck-noise-floor"),
         )
 
     # --- the matrix -----------------------------------------------------------------------
@@ -184,6 +189,31 @@ class QcheckSession:
         return self._once(("fp_capture", name, prompt_set),
                           lambda: capture_prompt_set(self.fp_bridge(name), self.model(name), prompt_set,
                                                      n_induction_sets=self.n_induction_sets))
+
+    def noise_floor(self, pair, analysis, context) -> dict | None:
+        """The analysis's values between the pair's FP model in float32 and in float64
+        (qcheck/noise_floor.py), once per (model, analysis); None when --qcheck-noise-floor leaves
+        this model out."""
+        from qcheck.noise_floor import wanted
+
+        if not wanted(self.noise_floor_mode, pair.fp.n_params):
+            return None
+        key = (pair.case.model, analysis.name)
+        if key not in self.noise_floors:
+            with self.progress.step(f"{pair.case.model}: noise floor ({analysis.name}, float64 forward)"):
+                self.noise_floors[key] = self._measure_floor(pair, analysis, context)
+        return self.noise_floors[key]
+
+    def _measure_floor(self, pair, analysis, context) -> dict:
+        from qcheck.models.bridge import wrap
+        from qcheck.noise_floor import float64_twin, floor_of
+        from qcheck.pair import capture_prompt_set
+
+        name, s = pair.case.model, analysis.prompt_set
+        bridge = self._once(("fp64_bridge", name), lambda: wrap(float64_twin(pair.fp.hf), copy_model=False))
+        fp64 = self._once(("fp64_capture", name, s),
+                          lambda: capture_prompt_set(bridge, pair.fp, s, n_induction_sets=self.n_induction_sets))
+        return floor_of(analysis, pair.captures(s)[0], fp64, context)
 
     def sae(self, name: str):
         from qcheck.sae.basis import pick_user_sae, sae_for

@@ -49,7 +49,7 @@ def synthetic_result(analysis: str, n_layers: int, damage: float):
         from qcheck.sae.train import BasisQuality
 
         return FeatureResult(features=tuple(range(100, 120)), fp_mean=(1.0,) * 20, quant_mean=(0.9,) * 20,
-                             n_top=(10,) * 20, positions=tuple(s / 10 for s in shared),
+                             n_top=(10,) * 20, n_ids=(10,) * 20, positions=tuple(s / 10 for s in shared),
                              token_overlap=tuple(s / 10 for s in shared),
                              pearson=tuple(1 - damage * 0.5 for _ in range(20)),
                              recall=tuple(1 - damage * 0.3 for _ in range(20)), mean_pearson_alive=0.9,

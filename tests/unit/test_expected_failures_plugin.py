@@ -37,6 +37,7 @@ def failing_criteria(damage: float) -> list[str]:
 def suite(pytester, monkeypatch):
     damage = {"value": DAMAGE}
     monkeypatch.setattr(QcheckSession, "pair", lambda self, case: data.fake_pair(case, n_layers=2))
+    monkeypatch.setattr(QcheckSession, "_measure_floor", lambda self, pair, analysis, context: {})  # no model
     monkeypatch.setattr(data, "damage_of", lambda case: damage["value"])
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("QCHECK_FAKE_CRASH", raising=False)
@@ -113,8 +114,9 @@ def test_a_crash_in_the_pair_fixture_of_a_declared_case_is_an_error(suite, monke
 
 def test_a_declaration_measured_under_default_thresholds_does_not_apply_under_others(suite):
     declare(suite, failing_criteria(DAMAGE))
-    outcome = suite.runpytest(*ARGS, "--qcheck-threshold", "min_induction_survival=0.0")
-    outcome.assert_outcomes(failed=1)  # judged plainly: it still fails the in-context loss bound
+    outcome = suite.runpytest(*ARGS, "--qcheck-threshold", "min_induction_survival=0.0",
+                              "--qcheck-threshold", "max_icl_loss_increase=0.25")
+    outcome.assert_outcomes(failed=1)  # judged plainly: it fails the in-context loss bound it now gates
     assert "declared" not in outcome.stdout.str().split("short test summary")[0].split("FAILURES")[-1]
 
 

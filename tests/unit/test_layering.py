@@ -29,9 +29,10 @@ ALLOWED = {
     "drift": {"analyses"},
     "quantize": {"files", "data", "models", "memory"},
     "pair": {"analyses", "capture", "data", "models", "memory"},
-    "report": {"analyses", "files", "data", "sae", "thresholds", "drift", "metrics", "verdict"},
+    "noise_floor": {"analyses", "capture"},
+    "report": {"analyses", "files", "data", "sae", "thresholds", "drift", "metrics", "verdict", "noise_floor"},
     "suite": {"files", "memory", "verdict", "metrics", "models", "data", "capture", "sae", "analyses",
-              "thresholds", "drift", "quantize", "pair", "report"},
+              "thresholds", "drift", "quantize", "pair", "report", "noise_floor"},
 }
 TEST_FRAMEWORKS = ("pytest", "_pytest", "syrupy", "xdist", "hypothesis")
 

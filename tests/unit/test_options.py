@@ -17,11 +17,23 @@ def test_threshold_overrides_global_and_per_model():
 
 @pytest.mark.parametrize("item, message", [("min_resid_cosine", "expected KEY=VALUE"),
                                            ("nope=1", "unknown threshold 'nope'"),
-                                           ("min_resid_cosine=high", "is not a float"),
+                                           ("min_resid_cosine=high", "is not a number"),
                                            ("induction_rule=sometimes", "expected one of fixed, relative")])
 def test_bad_threshold_override_names_the_value(item, message):
     with pytest.raises(ValueError, match=message):
         parse_threshold_overrides([item], Thresholds())
+
+
+def test_a_threshold_is_gated_by_a_value_and_ungated_by_off():
+    overrides = parse_threshold_overrides(["max_final_kl=0.05", "min_resid_cosine=off", "zoo-a:max_lens_kl=None"],
+                                          Thresholds())
+    mine = overrides.for_model(Thresholds(), "zoo-a")
+    assert mine.max_final_kl == 0.05 and mine.min_resid_cosine is None and mine.max_lens_kl is None
+    assert "min_resid_cosine" in mine.ungated() and "max_final_kl" not in mine.ungated()
+    base, _ = thresholds_from_pyproject({"max_final_kl": 0.05, "min_induction_survival": "off"})
+    assert base.max_final_kl == 0.05 and base.min_induction_survival is None
+    with pytest.raises(ValueError, match="feature_survival_rule='off': expected one of positions, study"):
+        parse_threshold_overrides(["feature_survival_rule=off"], Thresholds())
 
 
 def test_pyproject_thresholds():

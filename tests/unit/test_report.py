@@ -356,3 +356,42 @@ def test_results_without_the_quantizer_names_stay_readable(results):
     assert validate(old) == []
     rows = table.scaling_table(old).rows  # each quantizer's name whole: its own column
     assert [row[:3] for row in rows] == [("zoo-small", "80k", "w4"), ("zoo-large", "270k", "w4")]
+
+
+def test_the_certificate_and_the_terminal_say_which_thresholds_gated(results):
+    from qcheck.report import run as run_module
+    from qcheck.thresholds import Thresholds
+
+    cert = certificate.certificates(results)["zoo-small-rtn-w4"]["analyses"]
+    assert cert["activations"]["gated"] == ["min_resid_cosine"] and cert["activations"]["not_gated"] == []
+    assert cert["fidelity"]["gated"] == [] and set(cert["fidelity"]["not_gated"]) == {
+        "max_final_kl", "min_top1_agreement", "max_loss_increase"}
+    run = run_module.ReportRun(directory=None, worker=None, args=[], device="cpu")
+    run.results = results
+    lines = run.summary_lines(verbosity=0, width=100)
+    start = next(i for i, line in enumerate(lines) if line.startswith("reported, not gated"))
+    listed = " ".join(lines[start + 1: lines.index("", start)])
+    assert [key.strip() for key in listed.split(",")] == Thresholds().ungated()
+    doc = json.loads(dumps(results))
+    for t in doc["tests"]:
+        t["thresholds"] = Thresholds.suggested().as_dict()
+    run.results = doc
+    assert not any(line.startswith("reported, not gated") for line in run.summary_lines(verbosity=0))
+
+
+def test_a_models_noise_floor_is_a_row_before_its_pairs(results):
+    doc = json.loads(dumps(results))
+    for t in doc["tests"]:
+        if t["model"] == "zoo-small":
+            t["noise_floor"] = {"source": "test", "metrics": {"summary": {
+                "min_resid_cosine": 0.9999999, "mean_jsd": 1e-13, "survival": 1.0, "kl": 2e-12,
+                "correlation": 1.0}}}
+    validate(doc)
+    rows = table.pair_table(doc).rows
+    floor = [r for r in rows if r[1] == table.FLOOR_LABEL]
+    assert len(floor) == 1 and floor[0][0] == "zoo-small"
+    assert rows.index(floor[0]) == min(i for i, r in enumerate(rows) if r[0] == "zoo-small")
+    assert "1−1e-07" in floor[0] and "1e-13" in floor[0] and "1.000" in floor[0] and floor[0][-1] == table.MISSING
+    assert table.FLOOR_LABEL in table.pair_table(doc).note
+    assert certificate.certificates(doc)["zoo-small-rtn-w4"]["analyses"]["fidelity"]["noise_floor"]["kl"] == 2e-12
+    assert not any(r[1] == table.FLOOR_LABEL for r in table.pair_table(results).rows)   # none measured

@@ -33,6 +33,9 @@ FAILS = sorted({f.criterion for f in data.synthetic_result("circuits", 2, 0.6).f
 @pytest.fixture
 def suite(pytester, monkeypatch):
     monkeypatch.setattr(QcheckSession, "pair", lambda self, case: data.fake_pair(case, n_layers=2))
+    # the fake pair has no model to run in float64 (tests/unit/test_noise_floor.py runs a real one)
+    monkeypatch.setattr(QcheckSession, "_measure_floor", lambda self, pair, analysis, context: {
+        "summary": {"correlation": 1.0}})
     monkeypatch.setattr(data, "damage_of", lambda case: {"rtn-w4": 0.6, "gptq-w4": 0.02}[case.quant_id])
     monkeypatch.delenv("CI", raising=False)
     plugin_suite(pytester, CIRCUITS_TEST, conftest=FIXED_HEADER_CONFTEST)
@@ -120,3 +123,12 @@ def test_each_pair_is_released_after_its_tests_and_still_reported(suite, monkeyp
     assert sorted(released) == sorted([f"{MODEL}-rtn-w4", f"{MODEL}-gptq-w4"])
     results = json.loads((suite.path / "out" / "results.json").read_text())
     assert sorted(p["id"] for p in results["pairs"]) == sorted(released)
+
+
+def test_each_result_carries_its_models_noise_floor_unless_turned_off(suite):
+    suite.runpytest(*ARGS, "--qcheck-report", "out").assert_outcomes(passed=1, failed=1)
+    tests = json.loads((suite.path / "out" / "results.json").read_text())["tests"]
+    assert all(t["noise_floor"]["source"].startswith("FP float32 vs FP float64") for t in tests)
+    assert tests[0]["noise_floor"] == tests[1]["noise_floor"]          # once per model, not per quantizer
+    suite.runpytest(*ARGS, "--qcheck-report", "off", "--qcheck-noise-floor", "off").assert_outcomes(passed=1, failed=1)
+    assert all(t["noise_floor"] is None for t in json.loads((suite.path / "off" / "results.json").read_text())["tests"])

@@ -9,7 +9,7 @@ import torch
 
 from qcheck.analyses import activations
 
-from .captures import (DEFAULT, LENGTHS, N_LAYERS, assert_baseline_json, garbage_in_padding, gen, make_capture,
+from .captures import (GATED, LENGTHS, N_LAYERS, assert_baseline_json, garbage_in_padding, gen, make_capture,
                        with_acts)
 
 
@@ -42,7 +42,7 @@ def test_activations_identical_up_to_padding_are_perfect():
         assert result.values[hook]["cosine"] == pytest.approx((1.0,) * N_LAYERS)
         assert result.values[hook]["pearson"] == pytest.approx((1.0,) * N_LAYERS)
         assert result.values[hook]["l2"] == (0.0,) * N_LAYERS
-    assert result.failures(DEFAULT) == []
+    assert result.failures(GATED) == []
     baseline = result.as_baseline()
     assert_baseline_json(baseline)
     assert list(baseline["hook_resid_post"]) == ["L0", "L1"]
@@ -54,7 +54,7 @@ def test_activations_planted_degradation_names_the_layer():
     resid = fp.acts["blocks.1.hook_resid_post"]
     noisy = resid + torch.randn(resid.shape, generator=gen(5)) * resid.norm(dim=-1, keepdim=True) / 3
     result = activations.compare_activations(fp, with_acts(fp, blocks__1__hook_resid_post=noisy))
-    (message,) = result.failures(DEFAULT)
+    (message,) = result.failures(GATED)
     assert message.startswith("resid_post cosine below 0.95 at L1 (") and "L0" not in message
     assert result.min_resid_cosine == result.resid_cosine[1] < 0.95
 
@@ -62,6 +62,6 @@ def test_activations_planted_degradation_names_the_layer():
 def test_activation_failures_sort_worst_first_and_cap():
     cosines = (0.99, 0.5, 0.9, 0.3, 0.8, 0.7, 0.6, 0.94)
     values = {"hook_resid_post": {m: cosines for m in activations.METRICS}}
-    (message,) = activations.ActivationResult(values=values, n_tokens=1).failures(DEFAULT)
+    (message,) = activations.ActivationResult(values=values, n_tokens=1).failures(GATED)
     assert message == ("resid_post cosine below 0.95 at L3 (0.3), L1 (0.5), L6 (0.6), L5 (0.7), "
                        "L4 (0.8) and 2 more")

@@ -12,7 +12,7 @@ import torch
 from qcheck.analyses import attention
 from qcheck.analyses.heads import previous_token_scores
 
-from .captures import (DEFAULT, LENGTHS, N_HEADS, POS, assert_baseline_json, causal_softmax, garbage_in_padding,
+from .captures import (GATED, LENGTHS, N_HEADS, POS, assert_baseline_json, causal_softmax, garbage_in_padding,
                        make_capture, with_acts)
 
 
@@ -62,7 +62,7 @@ def test_attention_identical_up_to_padding_is_perfect():
     result = attention.compare_attention(fp, garbage_in_padding(fp))
     assert result.max_jsd == pytest.approx(0.0, abs=1e-12)
     assert result.prev_token_heads == [(0, 1)] and result.prev_token_survival == 1.0
-    assert result.failures(DEFAULT) == [] and result.notes() == []
+    assert result.failures(GATED) == [] and result.notes() == []
     baseline = result.as_baseline()
     assert_baseline_json(baseline)
     assert list(baseline["heads"])[:4] == ["L0H0", "L0H1", "L0H2", "L1H0"]
@@ -82,7 +82,7 @@ def test_attention_planted_damage_names_the_heads():
     broken1[:, 2] = causal_softmax(torch.zeros(POS, POS))
     quant = with_acts(fp, blocks__0__attn__hook_pattern=broken0, blocks__1__attn__hook_pattern=broken1)
     result = attention.compare_attention(fp, quant)
-    jsd_message, prev_message = result.failures(DEFAULT)
+    jsd_message, prev_message = result.failures(GATED)
     assert jsd_message.startswith("attention JSD above 0.05 bits at L0H1 (")
     assert "L1H2 (" in jsd_message and "L1H0" not in jsd_message
     # only query 1 still attends to p − 1 (= BOS): 3 of the 12 real queries >= 1
@@ -93,7 +93,7 @@ def test_attention_without_previous_token_heads_notes_it_and_does_not_fail():
     fp = make_capture()
     result = attention.compare_attention(fp, fp)
     assert result.prev_token_heads == [] and result.prev_token_survival is None
-    assert result.failures(DEFAULT) == []
+    assert result.failures(GATED) == []
     (note,) = result.notes()
     assert note.startswith("FP model has no previous-token heads")
     assert result.as_baseline()["summary"]["prev_token_survival"] is None

@@ -12,7 +12,7 @@ from qcheck.analyses.heads import induction_scores
 from qcheck.capture import Capture
 from qcheck.data.induction import repeated_random_tokens
 
-from .captures import D_VOCAB, DEFAULT, assert_baseline_json
+from .captures import D_VOCAB, GATED, assert_baseline_json
 
 
 HALF = 5
@@ -74,7 +74,7 @@ def test_induction_identical_is_perfect():
     result = compare(scores, scores)
     assert result.fixed.detected == ((0, 0), (1, 0), (1, 2)) and result.fixed.survival == 1.0
     assert result.correlation == pytest.approx(1.0) and result.icl_loss_increase == 0.0
-    assert result.failures(DEFAULT) == []
+    assert result.failures(GATED) == []
     baseline = result.as_baseline()
     assert_baseline_json(baseline)
     assert baseline["fixed"]["detected"] == ["L0H0", "L1H0", "L1H2"]
@@ -86,7 +86,7 @@ def test_induction_fixed_rule_names_lost_heads_worst_first():
     quant = [[0.85, 0.1, 0.05], [0.31, 0.2, 0.08]]
     result = compare(fp, quant)
     assert result.fixed.survived == ((0, 0),) and result.survival == pytest.approx(1 / 3)
-    (message,) = result.failures(DEFAULT)
+    (message,) = result.failures(GATED)
     # every sequence is the same here, so each interval is its point
     assert message == ("lost induction heads L1H2 0.62 [0.62, 0.62]→0.08 [0.08, 0.08], L1H0 0.5 [0.5, 0.5]→0.31 "
                        "[0.31, 0.31] (1/3 survive; need 1; fixed rule: detected > 0.4, survives > 0.4)")
@@ -104,17 +104,17 @@ def test_induction_relative_rule_is_the_studys_code():
     assert result.relative.detected == result.relative.survived == ((0, 0),)
     assert result.fixed.detected == ((0, 0),) and result.fixed.survived == ()  # 0.39 < 0.4
     # 8 heads are too few for mean + 2σ to single out induction heads: the verdict says so
-    (guard,) = result.failures(DEFAULT.updated({'induction_rule': "relative"}))
+    (guard,) = result.failures(GATED.updated({'induction_rule': "relative"}))
     assert guard.criterion == "relative_rule_sample_size" and "needs at least 40 heads, this model has 8" in guard
     with pytest.raises(ValueError, match="rule='relative'"):
-        result.failures(DEFAULT)
-    (message,) = compare(fp, quant, rule="fixed").failures(DEFAULT)
+        result.failures(GATED)
+    (message,) = compare(fp, quant, rule="fixed").failures(GATED)
     assert message.startswith("lost induction heads L0H0 0.9 [0.9, 0.9]→0.39 [0.39, 0.39] (0/1 survive")
 
 
 def test_induction_without_fp_heads_fails_with_its_own_message():
     scores = [[0.1, 0.2, 0.05], [0.3, 0.2, 0.1]]
-    (message,) = compare(scores, scores).failures(DEFAULT)
+    (message,) = compare(scores, scores).failures(GATED)
     assert message == ("FP model has no induction heads under the fixed rule (score > 0.4; best L1H0 0.3 [0.3, 0.3]); "
                        "nothing to certify")
     assert compare(scores, scores).survival is None
@@ -128,7 +128,7 @@ def test_induction_loss_increase_fails_even_when_heads_survive():
     result = compare(scores, scores, fp_logits=good, quant_logits=uniform_logits())
     assert result.icl_loss_fp == pytest.approx(0.0, abs=1e-9)
     assert result.icl_loss_quant == pytest.approx(math.log(D_VOCAB))
-    (message,) = result.failures(DEFAULT)
+    (message,) = result.failures(GATED)
     assert message == "in-context loss on the repeated half rose 0→2.398 nats/token (+2.398 [2.398, 2.398] vs max 0.25)"
 
 
@@ -166,7 +166,7 @@ def test_a_head_whose_interval_straddles_the_cut_is_borderline_not_lost():
     calls = result.calls()
     assert calls.borderline == ((0, 0),) and calls.survived == calls.lost == ()
     assert calls.describe() == "0/1 (1 borderline)"
-    (failure,) = result.failures(DEFAULT)
+    (failure,) = result.failures(GATED)
     assert failure.borderline and failure.criterion == "min_induction_survival"
     assert failure.startswith("borderline induction heads L0H0 0.9 [0.9, 0.9]→0.41 [0.3, 0.52]")
     assert result.fixed.survived == ((0, 0),)  # the point rule alone would call it kept
@@ -180,7 +180,7 @@ def test_a_head_surely_below_the_cut_is_lost_and_a_straddling_fp_head_is_never_s
     quant = induction_patterns([[0.2, 0.05]])
     calls = compare_patterns(fp, quant).calls()
     assert calls.lost == ((0, 0),) and calls.borderline == ((0, 1),)
-    (failure,) = compare_patterns(fp, quant).failures(DEFAULT)
+    (failure,) = compare_patterns(fp, quant).failures(GATED)
     assert not failure.borderline
     assert failure == ("lost induction heads L0H0 0.9 [0.9, 0.9]→0.2 [0.2, 0.2]; borderline induction heads "
                        "L0H1 0.45 [0.2, 0.7]→0.05 [0.05, 0.05] (0/2 survive, 1 borderline; need 1; fixed rule: "

@@ -10,7 +10,7 @@ from qcheck.analyses import features
 from qcheck.sae.model import SAE, SAEConfig
 from qcheck.thresholds import Thresholds  # the defaults, and where each comes from: docs/thresholds.md
 
-from .captures import D_MODEL, DEFAULT, LENGTHS, N_LAYERS, assert_baseline_json, gen, make_capture
+from .captures import D_MODEL, GATED, LENGTHS, N_LAYERS, assert_baseline_json, gen, make_capture
 
 
 def identity_sae(d: int, hook: str = "blocks.1.hook_resid_post") -> SAE:
@@ -64,7 +64,9 @@ def test_identical_is_perfect_under_both_rules():
     assert result.survival_by("positions") == result.survival_by("study") == 1.0
     assert result.pearson == pytest.approx((1.0,) * 4) and result.recall == (1.0,) * 4
     assert result.fp.fve == pytest.approx(1.0) and result.n_dense == 0
-    assert result.failures(DEFAULT) == []
+    # 4 of 4 cannot show a rate >= 0.8 (Wilson [0.51, 1]): borderline, which passes by default
+    (failure,) = result.failures(GATED)
+    assert failure.borderline and "survival 1 [0.5101, 1] straddles 0.8" in failure
     baseline = result.as_baseline()
     assert_baseline_json(baseline)
     assert list(baseline["features"]) == ["F1", "F3", "F2", "F0"]
@@ -82,10 +84,26 @@ def test_a_scrambled_feature_is_lost_under_both_rules_and_named():
     assert result.token_overlap[rank] == len(set(fp_top) & set(np_top(y, 10))) / 10 < 0.8
     assert result.pearson[rank] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-6)
     assert result.survival == 0.75
-    (failure,) = result.failures(DEFAULT)
-    assert failure.criterion == "min_feature_survival"
-    assert str(failure).startswith("SAE feature survival 0.75 < 0.8 (3/4 keep >= 80% of their top-10 "
-                                   "positions within the top 20): lost F2 (")
+    # 3 of 4 features cannot say whether the rate is below 0.8: Wilson [0.30, 0.95]
+    (failure,) = result.failures(GATED)
+    assert failure.criterion == "min_feature_survival" and failure.borderline
+    assert str(failure).startswith("borderline: SAE feature survival 0.75 [0.3006, 0.9544] straddles 0.8 (3/4 keep "
+                                   ">= 80% of their top-10 positions within the top 20; Wilson interval over the 4 "
+                                   "features); lost F2 (")
+
+
+def test_survival_fails_when_its_wilson_interval_is_below_the_cut():
+    fp = sparse(200, 4, 1, torch.tensor([1.0, 4.0, 2.0, 3.0]))
+    result = compare(fp, fp.flip(0), ids(200))                 # every feature fires at mirrored positions
+    assert result.survival == 0.0 and result.survival_ci_by("positions").high < 0.8
+    (failure,) = result.failures(GATED)
+    assert not failure.borderline and str(failure).startswith("SAE feature survival 0 [0, 0.4899] < 0.8 (0/4")
+    wilson = result.intervals()
+    assert wilson["summary"]["survival"] == [0.0, pytest.approx(0.4899, abs=1e-4)]
+    assert wilson["summary"]["n_survived"] == [0.0, pytest.approx(4 * 0.4899, abs=1e-3)]
+    for i, f in enumerate(result.features):                    # a share over its n_top positions
+        low, high = wilson["features"][features.feature_key(f)]["positions"]
+        assert low <= result.positions[i] <= high and high - low > 0.2
 
 
 def test_the_positions_rule_keeps_a_top_position_still_within_rank_20():
@@ -114,7 +132,7 @@ def test_the_study_rule_compares_token_ids_not_positions():
     result = compare(fp, quant, tokens)
     assert result.positions == (0.0,) and result.token_overlap == (1.0,)
     study = Thresholds().updated({"feature_survival_rule": "study"}, source="test")
-    assert compare(fp, quant, tokens, rule="study").failures(study) == []
+    assert all(f.borderline for f in compare(fp, quant, tokens, rule="study").failures(study))  # 1/1: undecided
     tokens = torch.cat([torch.full((10,), 7), torch.arange(50) + 100])   # FP top 10 all token 7
     result = compare(fp, quant, tokens)
     assert result.token_overlap == (0.0,)          # |{7} ∩ {130..139}| / |{7}|
@@ -169,7 +187,7 @@ def test_a_basis_that_misses_its_targets_fails_the_precondition():
     with torch.no_grad():
         sae.W_dec.zero_()          # reconstructs nothing: FVE < 0
     acts = sparse(50, 4, 3)
-    (failure,) = features.compare_features(sae, acts, acts.clone(), ids(50)).failures(DEFAULT)
+    (failure,) = features.compare_features(sae, acts, acts.clone(), ids(50)).failures(GATED)
     assert failure.criterion == "sae_basis_quality"
     assert "fraction of variance explained" in failure and "--qcheck-sae" in failure
 
@@ -178,7 +196,7 @@ def test_the_judged_rule_must_be_the_thresholds_rule():
     acts = sparse(50, 2, 3)
     result = compare(acts, acts.clone(), ids(50), rule="study")
     with pytest.raises(ValueError, match="judged by rule 'study'"):
-        result.failures(DEFAULT)
+        result.failures(GATED)
     with pytest.raises(ValueError, match="rule 'nope'"):
         compare(acts, acts, ids(50), rule="nope")
 
@@ -213,14 +231,15 @@ def test_compare_feature_captures_uses_the_captures_token_ids():
 
 def reference_shares(h_fp: np.ndarray, h_q: np.ndarray, tokens: np.ndarray, k: int = 10, slack: int = 2):
     """Both rules' shares feature by feature, the way the rules are written down (numpy)."""
-    positions, overlap = [], []
+    positions, overlap, n_ids = [], [], []
     for f in range(h_fp.shape[1]):
         fp_top = np_top(h_fp[:, f], k)
         within = np_top(h_q[:, f], slack * len(fp_top))
         positions.append(sum(p in within for p in fp_top) / len(fp_top))
         fp_ids, q_ids = set(tokens[fp_top].tolist()), set(tokens[np_top(h_q[:, f], len(fp_top))].tolist())
         overlap.append(len(fp_ids & q_ids) / len(fp_ids))
-    return positions, overlap
+        n_ids.append(len(fp_ids))
+    return positions, overlap, n_ids
 
 
 def test_top_shares_is_the_rules_feature_by_feature_ties_and_repeated_ids_included():
@@ -232,9 +251,10 @@ def test_top_shares_is_the_rules_feature_by_feature_ties_and_repeated_ids_includ
     h_fp = torch.rand(120, 12, generator=g) * (torch.rand(120, 12, generator=g) < torch.linspace(0.04, 0.5, 12))
     h_q = torch.round(h_fp * (0.3 + 1.4 * torch.rand(120, 12, generator=g)) * 4) / 4
     tokens = torch.randint(0, 15, (120,), generator=g)
-    positions, overlap, n_top = top_shares(h_fp, h_q, tokens, k=10, slack=2)
-    ref_positions, ref_overlap = reference_shares(h_fp.numpy(), h_q.numpy(), tokens.numpy())
+    positions, overlap, n_top, n_ids = top_shares(h_fp, h_q, tokens, k=10, slack=2)
+    ref_positions, ref_overlap, ref_ids = reference_shares(h_fp.numpy(), h_q.numpy(), tokens.numpy())
     assert positions.tolist() == pytest.approx(ref_positions) and overlap.tolist() == pytest.approx(ref_overlap)
+    assert n_ids.tolist() == ref_ids and min(ref_ids) < min(n_top.tolist())     # repeated ids counted once
     assert n_top.tolist() == [min(10, int(c)) for c in (h_fp > 0).sum(dim=0)]
     assert min(n_top.tolist()) < 10 and min(ref_positions) < 1 and min(ref_overlap) < 1   # not vacuous
 
@@ -251,17 +271,21 @@ def test_the_smooth_values_have_prompt_bootstrap_bounds_and_the_top_k_shares_non
     assert result.intervals() == again.intervals()               # seeded
     intervals = result.intervals()
     assert set(intervals["summary"]) == {"mean_pearson_top", "mean_pearson_alive", "activation_recall",
-                                         "fve_fp", "fve_quant", "l0_fp", "l0_quant"}
+                                         "fve_fp", "fve_quant", "l0_fp", "l0_quant", "n_alive", "n_dense",
+                                         "dead_fraction_fp", "survival", "survival_positions", "survival_study",
+                                         "n_survived"}
     summary = result.as_baseline()["summary"]
     for key, (low, high) in intervals["summary"].items():
         assert low <= summary[key] <= high, key
     assert all(intervals["summary"][key][0] < intervals["summary"][key][1] for key in ("mean_pearson_alive", "fve_quant"))
     for i, f in enumerate(result.features):
         bounds = intervals["features"][features.feature_key(f)]
-        assert set(bounds) == {"fp_mean", "quant_mean", "pearson", "recall"}
+        assert set(bounds) == {"fp_mean", "quant_mean", "pearson", "recall", "positions", "token_overlap"}
         assert bounds["fp_mean"][0] <= result.fp_mean[i] <= bounds["fp_mean"][1]
         assert bounds["recall"] == [1.0, 1.0]                    # quantization scaled, never silenced
-    assert compare(fp, quant, ids(200)).intervals() == {}        # no prompts, no bootstrap
+    bare = compare(fp, quant, ids(200)).intervals()             # no prompts: no bootstrap, Wilson still
+    assert "seed" not in bare and set(bare["summary"]) == {"survival", "survival_positions", "survival_study",
+                                                           "n_survived", "dead_fraction_fp", "n_alive"}
 
 
 def test_the_bounds_are_those_of_resampling_the_prompts_by_hand():

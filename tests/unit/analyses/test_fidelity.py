@@ -10,7 +10,7 @@ import torch
 
 from qcheck.analyses import fidelity
 
-from .captures import DEFAULT, LENGTHS, assert_baseline_json, garbage_in_padding, make_capture
+from .captures import GATED, LENGTHS, assert_baseline_json, garbage_in_padding, make_capture
 
 
 def test_fidelity_matches_numpy_and_ignores_padding():
@@ -38,14 +38,14 @@ def test_fidelity_identical_up_to_padding_is_perfect():
     fp = make_capture()
     result = fidelity.compare_outputs(fp, garbage_in_padding(fp))
     assert result.kl == 0.0 and result.top1 == 1.0 and result.loss_increase == 0.0
-    assert result.failures(DEFAULT) == []
+    assert result.failures(GATED) == []
     assert_baseline_json(result.as_baseline())
 
 
 def test_fidelity_planted_degradation_fails_every_claim():
     fp = make_capture()
     result = fidelity.compare_outputs(fp, replace(fp, logits=-fp.logits))
-    kl_message, top1_message, loss_message = result.failures(DEFAULT)
+    kl_message, top1_message, loss_message = result.failures(GATED)
     assert kl_message.startswith("final next-token KL(FP‖quant)")
     assert top1_message.startswith("top-1 agreement 0 [0, 0] < 0.9")
     # negated logits raise some prompts' loss and lower others': over this capture's few prompts the

@@ -9,7 +9,7 @@ import torch
 
 from qcheck.analyses import logit_lens
 
-from .captures import DEFAULT, LENGTHS, N_LAYERS, assert_baseline_json, make_capture
+from .captures import GATED, LENGTHS, N_LAYERS, assert_baseline_json, make_capture
 
 
 def test_logit_lens_matches_numpy_and_identical_is_perfect():
@@ -24,7 +24,7 @@ def test_logit_lens_matches_numpy_and_identical_is_perfect():
     assert result.top5 == pytest.approx(tuple(np.mean(top5, axis=1)))
     same = logit_lens.compare_logit_lens(fp, fp)
     assert same.kl == (0.0,) * N_LAYERS and same.top1 == (1.0,) * N_LAYERS and same.top5 == (1.0,) * N_LAYERS
-    assert same.failures(DEFAULT) == []
+    assert same.failures(GATED) == []
     assert_baseline_json(same.as_baseline())
     assert list(same.as_baseline()["layers"]) == ["L0", "L1"]
 
@@ -34,7 +34,7 @@ def test_logit_lens_planted_layer_is_named():
     lens = fp.lens_logits.clone()
     lens[1] = -lens[1]  # layer 1's prediction inverted
     result = logit_lens.compare_logit_lens(fp, replace(fp, lens_logits=lens))
-    kl_message, top5_message = result.failures(DEFAULT)
+    kl_message, top5_message = result.failures(GATED)
     assert kl_message.startswith("logit-lens KL(FP‖quant) above 0.1 nats at L1 (")
     assert "L0" not in kl_message
     assert top5_message.startswith("logit-lens top-5 agreement below 0.8 at L1 (")
