@@ -5,7 +5,8 @@ result close to its floor is a change qcheck cannot tell from noise (the metric 
 further with these inputs); the report puts the floor beside every result.
 
 What it costs: a float64 copy of the FP model (2× its float32 weights) and one more capture per
-prompt set, once per model. `--qcheck-noise-floor auto` (the default) measures it for models up
+prompt set, once per model (dropped once every analysis's floor of that model is measured; a
+run narrowed with -m keeps them to the end). `--qcheck-noise-floor auto` (the default) measures it for models up
 to AUTO_MAX_PARAMS and skips it above, where that copy would dominate the run's memory; `on`
 and `off` force it. (bench/noise_floor.py measures the float32-vs-float64 movement of every
 metric across the zoo, which sets the baseline drift tolerances; this module puts the same

@@ -116,8 +116,8 @@ class FeatureResult:
     basis: dict | None = field(default=None, compare=False)
     # 95 % bootstrap bounds over the prompts of the smooth values (qcheck/analyses/feature_intervals.py),
     # keyed like as_baseline: {"features": {F<id>: {metric: (low, high)}}, "summary": {metric: (low,
-    # high)}}; None without prompt ids. The top-k shares and survival have Wilson intervals (`shares_ci`,
-    # `survival_ci`), computed from the counts.
+    # high)}}; None without prompt ids. The top-k shares and survival have Wilson intervals
+    # (`shares_ci_by`, `survival_ci_by`), computed from the counts.
     bounds: dict | None = field(default=None, compare=False)
 
     def shares_by(self, rule: str) -> tuple[float, ...]:

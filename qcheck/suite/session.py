@@ -194,6 +194,7 @@ class QcheckSession:
         """The analysis's values between the pair's FP model in float32 and in float64
         (qcheck/noise_floor.py), once per (model, analysis); None when --qcheck-noise-floor leaves
         this model out."""
+        from qcheck.analyses import ANALYSES
         from qcheck.noise_floor import wanted
 
         if not wanted(self.noise_floor_mode, pair.fp.n_params):
@@ -202,6 +203,11 @@ class QcheckSession:
         if key not in self.noise_floors:
             with self.progress.step(f"{pair.case.model}: noise floor ({analysis.name}, float64 forward)"):
                 self.noise_floors[key] = self._measure_floor(pair, analysis, context)
+            if all((pair.case.model, name) in self.noise_floors for name in ANALYSES):
+                # every floor of this model is measured: its float64 copy and captures are not needed again
+                for memo_key in [k for k in self._memo if k[0] in ("fp64_bridge", "fp64_capture")
+                                 and k[1] == pair.case.model]:
+                    del self._memo[memo_key]
         return self.noise_floors[key]
 
     def _measure_floor(self, pair, analysis, context) -> dict:

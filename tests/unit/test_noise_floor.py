@@ -44,3 +44,28 @@ def test_the_floor_is_float_rounding_and_leaves_the_fp_model_alone():
     assert floors["attention"]["max_jsd"] < 1e-9 and floors["fidelity"]["kl"] < 1e-9
     assert floors["fidelity"]["top1"] == 1.0 and floors["logit_lens"]["max_kl"] < 1e-9
     assert all(torch.equal(before[k], v) for k, v in model.hf.state_dict().items())
+
+
+def test_a_models_float64_copy_is_dropped_once_every_floor_is_measured(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from qcheck.suite.options import ThresholdOverrides
+    from qcheck.suite.session import QcheckSession
+
+    session = QcheckSession(models=["m"], quants=[], device="cpu", base_thresholds=Thresholds(),
+                            pyproject_per_model={}, overrides=ThresholdOverrides(), cache_dir=tmp_path,
+                            expected_failures={})
+
+    def measure(self, pair, analysis, context):      # what _measure_floor keeps, without a model
+        self._memo[("fp64_bridge", "m")] = "bridge"
+        self._memo[("fp64_capture", "m", analysis.prompt_set)] = "capture"
+        return {"summary": {}}
+    monkeypatch.setattr(QcheckSession, "_measure_floor", measure)
+    pair = SimpleNamespace(case=SimpleNamespace(model="m"), fp=SimpleNamespace(n_params=10))
+    names = list(ANALYSES)
+    for name in names[:-1]:
+        session.noise_floor(pair, ANALYSES[name], None)
+        assert ("fp64_bridge", "m") in session._memo
+    session.noise_floor(pair, ANALYSES[names[-1]], None)
+    assert not [k for k in session._memo if k[0].startswith("fp64")]
+    assert set(session.noise_floors) == {("m", name) for name in names}
